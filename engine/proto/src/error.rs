@@ -86,6 +86,11 @@ pub enum Error {
     MessageTooLarge,
     /// A text message or a close reason that is not UTF-8. Close 1007.
     InvalidUtf8,
+
+    // ---- local misuse -------------------------------------------------------------------------
+    /// Nothing more may be sent: this side has sent its close frame, or the connection failed.
+    /// Not the peer's fault; nothing to tell it.
+    Closed,
 }
 
 impl Error {
@@ -204,6 +209,7 @@ impl fmt::Display for Error {
             Error::FrameTooLarge => f.write_str("frame over the size limit"),
             Error::MessageTooLarge => f.write_str("message over the size limit"),
             Error::InvalidUtf8 => f.write_str("text is not valid UTF-8"),
+            Error::Closed => f.write_str("the connection is closing or closed: nothing more may be sent"),
         }
     }
 }
@@ -250,8 +256,10 @@ mod tests {
             );
             assert!(!e.to_string().is_empty());
         }
-        assert_eq!(Error::BadResponse("x").http_status(), None);
-        assert_eq!(Error::BadResponse("x").close_code(), None);
+        for local in [Error::BadResponse("x"), Error::Closed] {
+            assert_eq!(local.http_status(), None);
+            assert_eq!(local.close_code(), None);
+        }
     }
 
     #[test]

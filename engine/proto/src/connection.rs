@@ -1,0 +1,580 @@
+//! The per-connection state machine of an established WebSocket (after the opening handshake).
+//!
+//! [`Connection::read`] takes the bytes a socket produced and hands back one event at a time,
+//! with the number of bytes it consumed. Payloads are unmasked in place, so a message that came
+//! whole in one read is handed out borrowed from the caller's buffer: no allocation, no copy.
+//! Only what does not fit in one read (a partial header, a frame split across reads, a message
+//! split into fragments) is kept inside the connection.
+//!
+//! Replies the protocol requires (pong for ping, the close echo, the close frame that fails the
+//! connection) are appended to the connection's output, which the caller sends in order after
+//! the event that caused them. The connection never touches a socket or a clock: close and idle
+//! timeouts belong to the caller.
+
+use crate::close::{self, CloseCode, CloseFrame};
+use crate::error::Error;
+use crate::frame::{self, DecodeRules, Header, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::mask;
+use crate::message::{Assembly, Kind, Message};
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Receives masked frames, sends unmasked ones.
+    Server,
+    /// Receives unmasked frames, sends frames masked with a fresh random key each.
+    Client,
+}
+
+/// Limits and behaviour of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Largest frame payload accepted; a longer frame fails with 1009. Default 16 MiB.
+    pub max_frame_size: u64,
+    /// Largest message accepted (all fragments together); longer fails with 1009. Default 16 MiB.
+    pub max_message_size: u64,
+    /// Answer every ping with a pong carrying the same payload. Default on.
+    pub auto_pong: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_frame_size: 16 << 20, max_message_size: 16 << 20, auto_pong: true }
+    }
+}
+
+/// Something the peer sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete data message.
+    Message(Message<'a>),
+    /// A ping; the pong is already in the output if `auto_pong` is on.
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// The peer's close frame (`None`: it carried no status code). The reply, if one was due,
+    /// is in the output; after it, nothing more is sent and the transport should be closed.
+    Close(Option<CloseFrame<'a>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    CloseSent,
+    /// The close handshake is done or the connection failed: input is ignored.
+    Closed,
+}
+
+/// Where the receiver is inside the byte stream.
+#[derive(Debug, Clone, Copy)]
+enum Rx {
+    /// Between frames, holding the start of a header that did not arrive whole.
+    Header { bytes: [u8; MAX_HEADER_LEN], len: u8 },
+    /// Inside the payload of a frame that did not arrive whole.
+    Payload { header: Header, remaining: u64, mask_offset: u8 },
+}
+
+const RX_IDLE: Rx = Rx::Header { bytes: [0; MAX_HEADER_LEN], len: 0 };
+
+/// Where a complete frame's payload lies.
+#[derive(Debug, Clone)]
+enum Loc {
+    /// In the caller's input, unmasked in place.
+    Input(std::ops::Range<usize>),
+    /// In the connection (control payload in `ctrl`, data in the assembly).
+    Stored,
+}
+
+/// What a step found ready to hand out.
+#[derive(Debug)]
+enum Ready {
+    /// A whole single-frame message in the caller's input.
+    InPlace(Kind, std::ops::Range<usize>),
+    /// A message in the assembly buffer.
+    Assembled(Kind),
+    /// A control frame (ping, pong or close).
+    Control(OpCode, Loc),
+}
+
+/// One WebSocket connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    state: State,
+    config: Config,
+    rx: Rx,
+    assembly: Assembly,
+    /// The payload of a control frame that did not arrive in one read.
+    ctrl: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    /// A connection whose opening handshake has completed.
+    pub fn new(role: Role, config: Config) -> Self {
+        Connection {
+            role,
+            state: State::Open,
+            config,
+            rx: RX_IDLE,
+            assembly: Assembly::default(),
+            ctrl: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether data may still be sent (no close frame sent yet, not failed).
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Whether this side sent a close frame and waits for the peer's.
+    pub fn is_closing(&self) -> bool {
+        self.state == State::CloseSent
+    }
+
+    /// Whether the close handshake finished or the connection failed: once the output is sent,
+    /// the transport should be closed (RFC 6455 section 7.1.1: the server closes TCP first).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Reads from `input`, unmasking it in place, until one event is ready or the input is used
+    /// up. Returns the bytes consumed and the event, if any.
+    ///
+    /// Call it again on `input[consumed..]` until it returns no event: only then has the whole
+    /// input been consumed (partial frames are kept inside the connection). On an error the
+    /// connection has failed: the close frame for it is in the output, further input is ignored.
+    pub fn read<'a>(&'a mut self, input: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), Error> {
+        if self.state == State::Closed {
+            return Ok((input.len(), None));
+        }
+        let (consumed, ready) = match self.step(input) {
+            Ok(step) => step,
+            Err(e) => {
+                self.fail(e);
+                return Err(e);
+            }
+        };
+        let Some(ready) = ready else {
+            // Every event of the previous calls has been dropped by now: buffers can go.
+            self.release_buffers();
+            return Ok((consumed, None));
+        };
+        let input: &'a [u8] = input;
+        let event = match ready {
+            Ready::InPlace(Kind::Binary, range) => Event::Message(Message::Binary(&input[range])),
+            Ready::InPlace(Kind::Text, range) => match crate::utf8::validate(&input[range]) {
+                Ok(text) => Event::Message(Message::Text(text)),
+                Err(e) => {
+                    self.fail(e);
+                    return Err(e);
+                }
+            },
+            Ready::Assembled(kind) => Event::Message(self.assembly.message(kind)),
+            Ready::Control(opcode, loc) => {
+                let payload = match loc {
+                    Loc::Input(range) => &input[range],
+                    Loc::Stored => &self.ctrl[..],
+                };
+                match opcode {
+                    OpCode::Ping => Event::Ping(payload),
+                    OpCode::Pong => Event::Pong(payload),
+                    // Parsed once already in `control`, which failed the connection if invalid.
+                    _ => Event::Close(close::parse_payload(payload).unwrap_or(None)),
+                }
+            }
+        };
+        Ok((consumed, Some(event)))
+    }
+
+    /// Decodes until a frame completes something the caller must see, or the input ends.
+    fn step(&mut self, input: &mut [u8]) -> Result<(usize, Option<Ready>), Error> {
+        let rules = DecodeRules {
+            expect_masked: self.role == Role::Server,
+            max_frame_size: self.config.max_frame_size,
+        };
+        let mut pos = 0;
+        loop {
+            match self.rx {
+                Rx::Header { mut bytes, len } => {
+                    let avail = &input[pos..];
+                    if avail.is_empty() {
+                        return Ok((pos, None));
+                    }
+                    let len = usize::from(len);
+                    let header = if len == 0 {
+                        match frame::decode_header(avail, rules)? {
+                            Some((header, n)) => {
+                                pos += n;
+                                header
+                            }
+                            None => {
+                                // Fewer bytes than a header needs: fewer than MAX_HEADER_LEN.
+                                bytes[..avail.len()].copy_from_slice(avail);
+                                self.rx = Rx::Header { bytes, len: avail.len() as u8 };
+                                return Ok((input.len(), None));
+                            }
+                        }
+                    } else {
+                        let take = (MAX_HEADER_LEN - len).min(avail.len());
+                        bytes[len..len + take].copy_from_slice(&avail[..take]);
+                        match frame::decode_header(&bytes[..len + take], rules)? {
+                            // The stored part alone was incomplete, so n > len.
+                            Some((header, n)) => {
+                                pos += n - len;
+                                header
+                            }
+                            None => {
+                                // Incomplete with all 14 bytes impossible: take == avail.len().
+                                self.rx = Rx::Header { bytes, len: (len + take) as u8 };
+                                return Ok((input.len(), None));
+                            }
+                        }
+                    };
+                    self.rx = RX_IDLE;
+                    self.start_frame(&header)?;
+                    let avail = (input.len() - pos) as u64;
+                    if avail < header.len {
+                        self.rx = Rx::Payload { header, remaining: header.len, mask_offset: 0 };
+                        continue;
+                    }
+                    let range = pos..pos + header.len as usize;
+                    pos = range.end;
+                    if let Some(key) = header.mask {
+                        mask::apply(&mut input[range.clone()], key, 0);
+                    }
+                    if let Some(ready) = self.end_frame(header, Loc::Input(range), input)? {
+                        return Ok((pos, Some(ready)));
+                    }
+                }
+                Rx::Payload { header, remaining, mask_offset } => {
+                    let avail = input.len() - pos;
+                    if avail == 0 {
+                        return Ok((pos, None));
+                    }
+                    let take = remaining.min(avail as u64) as usize;
+                    let chunk = &mut input[pos..pos + take];
+                    pos += take;
+                    if let Some(key) = header.mask {
+                        mask::apply(chunk, key, usize::from(mask_offset));
+                    }
+                    if header.opcode.is_control() {
+                        self.ctrl.extend_from_slice(chunk);
+                    } else {
+                        self.assembly.push(chunk)?;
+                    }
+                    let remaining = remaining - take as u64;
+                    if remaining > 0 {
+                        let mask_offset = ((usize::from(mask_offset) + take) % 4) as u8;
+                        self.rx = Rx::Payload { header, remaining, mask_offset };
+                        return Ok((pos, None));
+                    }
+                    self.rx = RX_IDLE;
+                    if let Some(ready) = self.end_frame(header, Loc::Stored, input)? {
+                        return Ok((pos, Some(ready)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a new frame against the message sequence and size limits.
+    fn start_frame(&mut self, header: &Header) -> Result<(), Error> {
+        let kind = match header.opcode {
+            OpCode::Text => Kind::Text,
+            OpCode::Binary => Kind::Binary,
+            OpCode::Continuation => {
+                if !self.assembly.is_open() {
+                    return Err(Error::UnexpectedContinuation);
+                }
+                return self.assembly.check_size(header.len, self.config.max_message_size);
+            }
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                self.ctrl.clear();
+                return Ok(());
+            }
+        };
+        if self.assembly.is_open() {
+            return Err(Error::ExpectedContinuation);
+        }
+        self.assembly.open(kind);
+        self.assembly.check_size(header.len, self.config.max_message_size)
+    }
+
+    /// A frame's payload is complete: say what, if anything, the caller must see.
+    fn end_frame(&mut self, header: Header, loc: Loc, input: &[u8]) -> Result<Option<Ready>, Error> {
+        if header.opcode.is_control() {
+            self.control(header.opcode, &loc, input)?;
+            return Ok(Some(Ready::Control(header.opcode, loc)));
+        }
+        if let Loc::Input(range) = loc {
+            if header.fin && header.opcode != OpCode::Continuation {
+                // The whole message is this one frame, in the caller's buffer.
+                self.assembly.close_in_place();
+                let kind = if header.opcode == OpCode::Text { Kind::Text } else { Kind::Binary };
+                return Ok(Some(Ready::InPlace(kind, range)));
+            }
+            self.assembly.push(&input[range])?;
+        }
+        if !header.fin {
+            return Ok(None);
+        }
+        Ok(Some(Ready::Assembled(self.assembly.finish()?)))
+    }
+
+    /// The protocol's own answer to a control frame.
+    fn control(&mut self, opcode: OpCode, loc: &Loc, input: &[u8]) -> Result<(), Error> {
+        let payload = match loc {
+            Loc::Input(range) => &input[range.clone()],
+            Loc::Stored => &self.ctrl[..],
+        };
+        let mask = out_mask(self.role);
+        match opcode {
+            OpCode::Ping if self.config.auto_pong && self.state == State::Open => {
+                frame::write_frame(&mut self.out, true, OpCode::Pong, mask, payload);
+            }
+            OpCode::Close => {
+                let received = close::parse_payload(payload)?;
+                if self.state == State::Open {
+                    // Section 5.5.1: reply with a close frame, typically echoing the code.
+                    let mut reply = Vec::with_capacity(2);
+                    if let Some(CloseFrame { code, .. }) = received {
+                        reply.extend_from_slice(&code.0.to_be_bytes());
+                    }
+                    frame::write_frame(&mut self.out, true, OpCode::Close, mask, &reply);
+                }
+                self.state = State::Closed;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Fails the connection: a close frame with the error's code (if one may still be sent),
+    /// then nothing.
+    fn fail(&mut self, error: Error) {
+        if self.state == State::Open {
+            if let Some(code) = error.close_code() {
+                self.write_close(code, &error.to_string());
+            }
+        }
+        self.state = State::Closed;
+        self.rx = RX_IDLE;
+        self.release_buffers();
+    }
+
+    fn release_buffers(&mut self) {
+        self.assembly.release();
+        if !matches!(self.rx, Rx::Payload { header, .. } if header.opcode.is_control())
+            && self.ctrl.capacity() > 0
+        {
+            self.ctrl = Vec::new();
+        }
+    }
+
+    fn write_close(&mut self, code: CloseCode, reason: &str) {
+        let mut payload = Vec::with_capacity(2 + reason.len().min(123));
+        close::write_payload(&mut payload, code, reason);
+        frame::write_frame(&mut self.out, true, OpCode::Close, out_mask(self.role), &payload);
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.send(OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.send(OpCode::Binary, data)
+    }
+
+    /// Queues a ping; its payload may be at most 125 bytes.
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Error> {
+        if payload.len() as u64 > MAX_CONTROL_PAYLOAD {
+            return Err(Error::ControlTooLong);
+        }
+        self.send(OpCode::Ping, payload)
+    }
+
+    /// Queues a single frame. For tests and clients that fragment on purpose; most callers
+    /// want [`Connection::send_text`] or [`Connection::send_binary`].
+    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        frame::write_frame(&mut self.out, fin, opcode, out_mask(self.role), payload);
+        Ok(())
+    }
+
+    fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), Error> {
+        self.send_frame(true, opcode, payload)
+    }
+
+    /// Starts the close handshake: queues a close frame; afterwards nothing more may be sent.
+    /// The caller waits for the peer's close (an [`Event::Close`]) or its own close timeout.
+    /// `code` must be one a peer may send ([`CloseCode::is_sendable`]); the reason is cut to fit.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        if !code.is_sendable() {
+            return Err(Error::BadClosePayload);
+        }
+        self.write_close(code, reason);
+        self.state = State::CloseSent;
+        Ok(())
+    }
+
+    /// Bytes waiting to be sent, in order.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Marks the first `n` bytes of the output as sent.
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    /// Takes all bytes waiting to be sent, leaving the output empty (and unallocated).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// The masking key for a frame this side sends: none for a server; for a client, a fresh key
+/// from a CSPRNG (section 5.3: keys must be unpredictable).
+fn out_mask(role: Role) -> Option<[u8; 4]> {
+    match role {
+        Role::Server => None,
+        Role::Client => Some(rand::random()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::write_frame(&mut out, fin, opcode, Some([0x37, 0xfa, 0x21, 0x3d]), payload);
+        out
+    }
+
+    #[test]
+    fn a_whole_message_is_borrowed_from_the_input() {
+        let mut c = Connection::new(Role::Server, Config::default());
+        let mut input = client_frame(true, OpCode::Text, b"Hello");
+        let start = input.as_ptr() as usize;
+        let (n, ev) = c.read(&mut input).unwrap();
+        assert_eq!(n, 11);
+        let Some(Event::Message(Message::Text(text))) = ev else { panic!("{ev:?}") };
+        assert_eq!(text, "Hello");
+        // Same memory as the input: no copy.
+        assert_eq!(text.as_ptr() as usize, start + 6);
+        assert_eq!(c.read(&mut []).unwrap(), (0, None));
+    }
+
+    #[test]
+    fn rfc_examples_decode() {
+        // RFC 6455 section 5.7.
+        let mut c = Connection::new(Role::Client, Config::default());
+        let mut unmasked = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let (_, ev) = c.read(&mut unmasked).unwrap();
+        assert_eq!(ev, Some(Event::Message(Message::Text("Hello"))));
+        let mut s = Connection::new(Role::Server, Config::default());
+        let mut masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let (_, ev) = s.read(&mut masked).unwrap();
+        assert_eq!(ev, Some(Event::Message(Message::Text("Hello"))));
+        let mut fragments = [0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
+        let (n, ev) = c.read(&mut fragments).unwrap();
+        assert_eq!((n, ev), (9, Some(Event::Message(Message::Text("Hello")))));
+        let mut ping = [0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let (_, ev) = c.read(&mut ping).unwrap();
+        assert_eq!(ev, Some(Event::Ping(b"Hello")));
+        // The client's pong is masked.
+        let out = c.take_output();
+        assert_eq!(out.len(), 2 + 4 + 5);
+        assert_eq!(&out[..2], &[0x8a, 0x85]);
+    }
+
+    #[test]
+    fn ping_gets_pong_and_close_gets_echo() {
+        let mut c = Connection::new(Role::Server, Config::default());
+        let mut input = client_frame(true, OpCode::Ping, b"hi");
+        input.extend(client_frame(true, OpCode::Close, &[0x03, 0xe9, b'x']));
+        input.extend(client_frame(true, OpCode::Text, b"after close: ignored"));
+        let (n, ev) = c.read(&mut input).unwrap();
+        assert_eq!(ev, Some(Event::Ping(b"hi")));
+        let (m, ev) = c.read(&mut input[n..]).unwrap();
+        assert_eq!(ev, Some(Event::Close(Some(CloseFrame { code: CloseCode(1001), reason: "x" }))));
+        let rest = n + m;
+        assert_eq!(c.read(&mut input[rest..]).unwrap().1, None);
+        assert!(c.is_closed());
+        assert_eq!(c.output(), &[0x8a, 2, b'h', b'i', 0x88, 2, 0x03, 0xe9]);
+        assert_eq!(c.send_text("late"), Err(Error::Closed));
+    }
+
+    #[test]
+    fn server_initiated_close_waits_for_the_reply() {
+        let mut c = Connection::new(Role::Server, Config::default());
+        c.close(CloseCode::GOING_AWAY, "shutdown").unwrap();
+        assert!(c.is_closing());
+        assert_eq!(&c.output()[..4], &[0x88, 10, 0x03, 0xe9]);
+        c.consume_output(usize::MAX);
+        // Data still arrives; pings are not answered after our close frame.
+        let mut input = client_frame(true, OpCode::Binary, b"late");
+        input.extend(client_frame(true, OpCode::Ping, b""));
+        input.extend(client_frame(true, OpCode::Close, &[0x03, 0xe9]));
+        let mut pos = 0;
+        let mut events = 0;
+        loop {
+            let (n, ev) = c.read(&mut input[pos..]).unwrap();
+            pos += n;
+            if ev.is_none() {
+                break;
+            }
+            events += 1;
+        }
+        assert_eq!(events, 3);
+        assert!(c.is_closed());
+        assert!(c.output().is_empty());
+    }
+
+    #[test]
+    fn failure_queues_the_close_code() {
+        let mut c = Connection::new(Role::Server, Config::default());
+        let mut input = [0x83, 0x80, 0, 0, 0, 0];
+        assert_eq!(c.read(&mut input), Err(Error::ReservedOpcode));
+        let out = c.output();
+        assert_eq!(out[0], 0x88);
+        assert_eq!(&out[2..4], &1002u16.to_be_bytes());
+        assert!(c.is_closed());
+        let mut more = client_frame(true, OpCode::Text, b"x");
+        let len = more.len();
+        assert_eq!(c.read(&mut more).unwrap(), (len, None));
+    }
+
+    #[test]
+    fn idle_connection_is_small_and_holds_no_heap() {
+        let mut c = Connection::new(Role::Server, Config::default());
+        let mut big = client_frame(false, OpCode::Binary, &[7; 5000]);
+        big.extend(client_frame(true, OpCode::Continuation, &[8; 5000]));
+        let (_, ev) = c.read(&mut big).unwrap();
+        assert_eq!(ev.map(|e| matches!(e, Event::Message(m) if m.len() == 10_000)), Some(true));
+        assert_eq!(c.read(&mut []).unwrap(), (0, None));
+        assert_eq!(c.assembly.len(), 0);
+        assert!(std::mem::size_of::<Connection>() <= 192, "{}", std::mem::size_of::<Connection>());
+    }
+}

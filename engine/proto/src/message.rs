@@ -1,0 +1,161 @@
+//! Messages and fragment assembly (RFC 6455 section 5.4).
+//!
+//! A message that arrives as one whole frame in one read never comes here: the connection hands
+//! it out borrowed from the input. This module holds the rest: messages split into fragments or
+//! across reads, copied into one growing buffer, with the message size limit and fail-fast UTF-8
+//! checked as each piece arrives.
+
+use crate::error::Error;
+use crate::utf8::Validator;
+
+/// A complete data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message, valid UTF-8.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+
+    /// The payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The type of a data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text: UTF-8 is checked.
+    Text,
+    /// Binary.
+    Binary,
+}
+
+/// The message being assembled on one connection.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    buf: Vec<u8>,
+    /// `Some` from the first frame of a message until its last frame has arrived.
+    open: Option<Kind>,
+    utf8: Validator,
+}
+
+impl Assembly {
+    /// Whether a message has started and not ended.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Bytes of the open message received so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no bytes are held.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Starts a message of `kind`. The caller has checked that none is open.
+    pub fn open(&mut self, kind: Kind) {
+        debug_assert!(self.open.is_none());
+        self.buf.clear();
+        self.utf8 = Validator::new();
+        self.open = Some(kind);
+    }
+
+    /// Ends a message that never needed the buffer (it was delivered in place).
+    pub fn close_in_place(&mut self) {
+        self.open = None;
+    }
+
+    /// Checks that a frame of `len` more bytes keeps the message within `max`.
+    pub fn check_size(&self, len: u64, max: u64) -> Result<(), Error> {
+        if (self.buf.len() as u64).saturating_add(len) > max {
+            return Err(Error::MessageTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Appends payload bytes (already unmasked), checking UTF-8 as far as it can be decided.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.open == Some(Kind::Text) {
+            self.utf8.feed(bytes)?;
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Ends the message after its final fragment: the text must not stop inside a code point.
+    /// The bytes stay readable through [`Assembly::message`] until the next message opens.
+    pub fn finish(&mut self) -> Result<Kind, Error> {
+        let kind = self.open.take().ok_or(Error::UnexpectedContinuation)?;
+        if kind == Kind::Text {
+            self.utf8.finish()?;
+        }
+        Ok(kind)
+    }
+
+    /// The finished message.
+    pub fn message(&self, kind: Kind) -> Message<'_> {
+        match kind {
+            Kind::Binary => Message::Binary(&self.buf),
+            // Every byte was checked as it arrived (fail-fast); this second pass only turns the
+            // bytes into a `&str` without unsafe code, and runs only for messages that spanned
+            // frames or reads. It cannot fail unless `Validator` disagrees with std.
+            Kind::Text => Message::Text(
+                std::str::from_utf8(&self.buf).expect("text validated as it arrived"),
+            ),
+        }
+    }
+
+    /// Frees the buffer when no message is open, so an idle connection holds no heap memory.
+    pub fn release(&mut self) {
+        if self.open.is_none() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_assemble_and_enforce_limits() {
+        let mut a = Assembly::default();
+        a.open(Kind::Text);
+        a.check_size(5, 8).unwrap();
+        a.push("héllo".as_bytes()[..2].as_ref()).unwrap();
+        a.push(&"héllo".as_bytes()[2..]).unwrap();
+        assert_eq!(a.check_size(3, 8), Err(Error::MessageTooLarge));
+        assert_eq!(a.finish(), Ok(Kind::Text));
+        assert_eq!(a.message(Kind::Text), Message::Text("héllo"));
+        a.release();
+        assert!(a.is_empty());
+
+        a.open(Kind::Text);
+        a.push(b"ok\xe2").unwrap();
+        assert_eq!(a.finish(), Err(Error::InvalidUtf8));
+
+        a.open(Kind::Binary);
+        a.push(b"\xff\xfe").unwrap();
+        assert_eq!(a.finish(), Ok(Kind::Binary));
+        assert_eq!(a.message(Kind::Binary).len(), 2);
+    }
+}
