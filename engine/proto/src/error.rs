@@ -141,16 +141,18 @@ impl Error {
         let extra: &str = match self {
             Error::MethodNotAllowed => "Allow: GET\r\n",
             Error::UnsupportedVersion | Error::MissingVersion => "Sec-WebSocket-Version: 13\r\n",
-            Error::NotUpgrade => "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+            // RFC 9110 15.5.22: a 426 names the protocol to upgrade to.
+            Error::NotUpgrade => "Upgrade: websocket\r\n",
             _ => "",
         };
         let body = format!("{self}\n");
         Some(
             format!(
                 "HTTP/1.1 {status} {reason}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n\
-                 Content-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+                 Content-Length: {len}\r\nConnection: {connection}\r\n\r\n{body}",
                 reason = reason_phrase(status),
                 len = body.len(),
+                connection = if *self == Error::NotUpgrade { "Upgrade, close" } else { "close" },
             )
             .into_bytes(),
         )
