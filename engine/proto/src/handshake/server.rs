@@ -1,0 +1,372 @@
+//! Server side, second step: the checks of RFC 6455 section 4.2.1 on a parsed request, the
+//! choice of subprotocol, and the `101 Switching Protocols` answer.
+//!
+//! Extension offers are parsed and handed to the caller, not negotiated here.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+use crate::error::Error;
+
+use super::headers::{has_token, is_token, single, trim_ows};
+use super::{parse_extensions, ExtensionOffer, HandshakeConfig, Request, GUID};
+
+/// What the server answers with when it accepts.
+#[derive(Debug)]
+pub struct Accept<'b> {
+    /// `base64(SHA-1(key ++ GUID))`, the `Sec-WebSocket-Accept` value.
+    pub accept_key: [u8; 28],
+    /// The chosen subprotocol: the server's most preferred one among those the client offered;
+    /// `None` if the client offered none of them (or none at all).
+    pub protocol: Option<&'b str>,
+    /// The client's extension offers, in order; empty (and not allocated) without the header.
+    pub extensions: Vec<ExtensionOffer<'b>>,
+}
+
+impl Accept<'_> {
+    /// Appends the `101 Switching Protocols` response to `out`, with
+    /// `Sec-WebSocket-Protocol` if a subprotocol was chosen and `Sec-WebSocket-Extensions:
+    /// {extensions_header}` if that is `Some` (the caller negotiates extensions).
+    pub fn write_response(&self, extensions_header: Option<&str>, out: &mut Vec<u8>) {
+        out.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: ",
+        );
+        out.extend_from_slice(&self.accept_key);
+        out.extend_from_slice(b"\r\n");
+        if let Some(protocol) = self.protocol {
+            out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
+            out.extend_from_slice(protocol.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(extensions) = extensions_header {
+            out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+            out.extend_from_slice(extensions.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Checks an upgrade request as RFC 6455 section 4.2.1 says, and chooses a subprotocol.
+///
+/// The checks run in this order, the first failure being the answer: method `GET`
+/// ([`Error::MethodNotAllowed`]); HTTP/1.1 ([`Error::MalformedRequest`]); exactly one `Host`
+/// ([`Error::MissingHost`]); an `Upgrade` header ([`Error::NotUpgrade`]) naming `websocket`
+/// ([`Error::BadUpgrade`]); `Connection` holding `upgrade` ([`Error::BadConnection`]);
+/// `Sec-WebSocket-Version` present ([`Error::MissingVersion`]) and 13
+/// ([`Error::UnsupportedVersion`]); one `Sec-WebSocket-Key` of 16 base64 bytes
+/// ([`Error::BadKey`]); the origin policy ([`Error::OriginRefused`]); the extension offers
+/// ([`Error::BadExtensions`]); the subprotocol tokens ([`Error::MalformedRequest`]).
+pub fn validate<'b>(req: &Request<'b>, cfg: &HandshakeConfig) -> Result<Accept<'b>, Error> {
+    if req.method() != "GET" {
+        return Err(Error::MethodNotAllowed);
+    }
+    if req.version() != 1 {
+        return Err(Error::MalformedRequest("HTTP/1.1 is required"));
+    }
+    if req.header_values("host").count() != 1 {
+        return Err(Error::MissingHost);
+    }
+    if req.header_values("upgrade").next().is_none() {
+        return Err(Error::NotUpgrade);
+    }
+    if !has_token(req.header_values("upgrade"), "websocket") {
+        return Err(Error::BadUpgrade);
+    }
+    if !has_token(req.header_values("connection"), "upgrade") {
+        return Err(Error::BadConnection);
+    }
+    // Joined, so a repeated header ("13, 13") is not 13.
+    match req.header("sec-websocket-version") {
+        None => return Err(Error::MissingVersion),
+        Some(version) if trim_ows(&version) == b"13" => {}
+        Some(_) => return Err(Error::UnsupportedVersion),
+    }
+    let key = single(req.header_values("sec-websocket-key")).ok_or(Error::BadKey)?;
+    let key = trim_ows(key);
+    if !is_valid_key(key) {
+        return Err(Error::BadKey);
+    }
+    check_origin(req, cfg)?;
+    let extensions = parse_extensions(req.header_values("sec-websocket-extensions"))?;
+    let protocol = choose_protocol(req, &cfg.subprotocols)?;
+    Ok(Accept { accept_key: accept_key(key), protocol, extensions })
+}
+
+/// The `Sec-WebSocket-Accept` value for a key: `base64(SHA-1(key ++ GUID))`. For the key
+/// `dGhlIHNhbXBsZSBub25jZQ==` it is `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`.
+pub fn accept_key(key: &[u8]) -> [u8; 28] {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID.as_bytes());
+    let mut out = [0; 28];
+    STANDARD
+        .encode_slice(sha1.finalize(), &mut out)
+        .expect("a 20-byte digest encodes to exactly 28 base64 bytes");
+    out
+}
+
+/// Section 4.2.1 item 5: 24 characters of padded standard base64 that decode to 16 bytes. The
+/// decoder is strict: non-zero trailing bits are refused like any other non-canonical form.
+fn is_valid_key(key: &[u8]) -> bool {
+    let mut raw = [0; 18];
+    key.len() == 24 && STANDARD.decode_slice(key, &mut raw) == Ok(16)
+}
+
+fn check_origin(req: &Request<'_>, cfg: &HandshakeConfig) -> Result<(), Error> {
+    let Some(allowed) = &cfg.allowed_origins else {
+        return Ok(());
+    };
+    let mut origins = req.header_values("origin");
+    match (origins.next(), origins.next()) {
+        (None, _) if !cfg.require_origin => Ok(()),
+        (Some(origin), None)
+            if allowed.iter().any(|a| trim_ows(origin).eq_ignore_ascii_case(a.as_bytes())) =>
+        {
+            Ok(())
+        }
+        // Missing when required, not listed, or repeated (which one would we believe?).
+        _ => Err(Error::OriginRefused),
+    }
+}
+
+/// The server's most preferred subprotocol among those offered in `Sec-WebSocket-Protocol`.
+/// Names are compared exactly: RFC 6455 section 4.1 has the client accept only a value it
+/// sent, and browsers compare case-sensitively.
+fn choose_protocol<'b>(req: &Request<'b>, preferred: &[String]) -> Result<Option<&'b str>, Error> {
+    const BAD: Error = Error::MalformedRequest("bad Sec-WebSocket-Protocol");
+    let offered = || {
+        req.header_values("sec-websocket-protocol")
+            .flat_map(|value| value.split(|&b| b == b','))
+            .map(trim_ows)
+            .filter(|item| !item.is_empty())
+    };
+    if !offered().all(is_token) {
+        return Err(BAD);
+    }
+    for want in preferred {
+        if let Some(item) = offered().find(|item| *item == want.as_bytes()) {
+            return std::str::from_utf8(item).map(Some).map_err(|_| BAD);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::parse_request;
+    use crate::handshake::test_util::{
+        accepted, get, head, outcome, rejected, request, SAMPLE_KEY,
+    };
+
+    fn status(buf: &[u8]) -> u16 {
+        rejected(buf, &HandshakeConfig::default()).http_status().expect("a handshake error")
+    }
+
+    fn key_of(len: usize) -> String {
+        STANDARD.encode(vec![7; len])
+    }
+
+    fn response_text(e: Error) -> String {
+        String::from_utf8(e.http_response().expect("a handshake error")).unwrap()
+    }
+
+    #[test]
+    fn rfc_sample_request_is_accepted() {
+        let buf = head(&[
+            "GET /chat HTTP/1.1",
+            "Host: server.example.com",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Origin: http://example.com",
+            "Sec-WebSocket-Protocol: chat, superchat",
+            "Sec-WebSocket-Version: 13",
+        ]);
+        let cfg =
+            HandshakeConfig { subprotocols: vec!["chat".into()], ..HandshakeConfig::default() };
+        let req = parse_request(&buf, &cfg).unwrap().unwrap();
+        assert_eq!(req.method(), "GET");
+        assert_eq!(req.path(), "/chat");
+        assert_eq!(req.head_len(), buf.len());
+        assert_eq!(req.headers().count(), 7);
+        let accept = validate(&req, &cfg).unwrap();
+        assert_eq!(&accept.accept_key, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(accept.protocol, Some("chat"));
+        assert!(accept.extensions.is_empty());
+        assert_eq!(accept.extensions.capacity(), 0);
+
+        let mut out = Vec::new();
+        accept.write_response(None, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+              Sec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+        assert_eq!(&accept_key(SAMPLE_KEY.as_bytes()), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn non_get_is_405_with_allow() {
+        let e = rejected(&request("POST /chat HTTP/1.1", &[], &[]), &HandshakeConfig::default());
+        assert_eq!(e, Error::MethodNotAllowed);
+        assert_eq!(e.http_status(), Some(405));
+        assert!(response_text(e).contains("\r\nAllow: GET\r\n"));
+        // Methods are case-sensitive (RFC 9110 section 9.1).
+        assert_eq!(status(&request("get /chat HTTP/1.1", &[], &[])), 405);
+    }
+
+    #[test]
+    fn http_1_0_is_400() {
+        let e = rejected(&request("GET /chat HTTP/1.0", &[], &[]), &HandshakeConfig::default());
+        assert!(matches!(e, Error::MalformedRequest(_)));
+        assert_eq!(e.http_status(), Some(400));
+    }
+
+    #[test]
+    fn host_must_appear_exactly_once() {
+        let e = rejected(&get(&["host"], &[]), &HandshakeConfig::default());
+        assert_eq!(e, Error::MissingHost);
+        assert_eq!(e.http_status(), Some(400));
+        let e = rejected(&get(&[], &["Host: other.example.com"]), &HandshakeConfig::default());
+        assert_eq!(e, Error::MissingHost);
+        assert_eq!(e.http_status(), Some(400));
+    }
+
+    #[test]
+    fn upgrade_header_is_checked() {
+        let e = rejected(&get(&["upgrade"], &[]), &HandshakeConfig::default());
+        assert_eq!(e, Error::NotUpgrade);
+        assert_eq!(e.http_status(), Some(426));
+        assert!(response_text(e).contains("\r\nUpgrade: websocket\r\n"));
+
+        let e = rejected(&get(&["upgrade"], &["Upgrade: h2c"]), &HandshakeConfig::default());
+        assert_eq!(e, Error::BadUpgrade);
+        assert_eq!(e.http_status(), Some(400));
+
+        accepted(&get(&["upgrade"], &["Upgrade: WebSocket"]));
+        accepted(&get(&["upgrade"], &["Upgrade: h2c, websocket"]));
+        accepted(&get(&["upgrade"], &["Upgrade: h2c", "Upgrade: WEBSOCKET"]));
+    }
+
+    #[test]
+    fn connection_must_hold_upgrade() {
+        let e = rejected(
+            &get(&["connection"], &["Connection: keep-alive"]),
+            &HandshakeConfig::default(),
+        );
+        assert_eq!(e, Error::BadConnection);
+        assert_eq!(e.http_status(), Some(400));
+        assert_eq!(status(&get(&["connection"], &[])), 400);
+        // A token, not a substring.
+        assert_eq!(status(&get(&["connection"], &["Connection: upgraded"])), 400);
+
+        accepted(&get(&["connection"], &["Connection: keep-alive, Upgrade"]));
+        accepted(&get(&["connection"], &["Connection: keep-alive", "Connection: Upgrade"]));
+        accepted(&get(&["connection"], &["Connection:keep-alive,upgrade"]));
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive() {
+        accepted(&head(&[
+            "GET / HTTP/1.1",
+            "HOST: a",
+            "upgrade: websocket",
+            "CoNnEcTiOn: Upgrade",
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+            "SEC-WEBSOCKET-VERSION: 13",
+        ]));
+    }
+
+    #[test]
+    fn version_must_be_13() {
+        let e = rejected(&get(&["sec-websocket-version"], &[]), &HandshakeConfig::default());
+        assert_eq!(e, Error::MissingVersion);
+        assert_eq!(e.http_status(), Some(400));
+        assert!(response_text(e).contains("\r\nSec-WebSocket-Version: 13\r\n"));
+
+        let e = rejected(
+            &get(&["sec-websocket-version"], &["Sec-WebSocket-Version: 8"]),
+            &HandshakeConfig::default(),
+        );
+        assert_eq!(e, Error::UnsupportedVersion);
+        assert_eq!(e.http_status(), Some(426));
+        assert!(response_text(e).contains("\r\nSec-WebSocket-Version: 13\r\n"));
+
+        let twice = get(&[], &["Sec-WebSocket-Version: 13"]);
+        assert_eq!(rejected(&twice, &HandshakeConfig::default()), Error::UnsupportedVersion);
+    }
+
+    #[test]
+    fn key_must_be_one_base64_value_of_16_bytes() {
+        let cases = [
+            get(&["sec-websocket-key"], &[]),
+            get(&["sec-websocket-key"], &[&format!("Sec-WebSocket-Key: {}", key_of(15))]),
+            get(&["sec-websocket-key"], &[&format!("Sec-WebSocket-Key: {}", key_of(17))]),
+            get(&["sec-websocket-key"], &["Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!=="]),
+            get(&["sec-websocket-key"], &["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ"]),
+            get(&["sec-websocket-key"], &["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZR=="]),
+            get(&[], &["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]),
+        ];
+        assert_eq!(key_of(17).len(), 24, "17 bytes also encode to 24 characters");
+        for buf in cases {
+            let e = rejected(&buf, &HandshakeConfig::default());
+            assert_eq!(e, Error::BadKey, "{}", String::from_utf8_lossy(&buf));
+            assert_eq!(e.http_status(), Some(400));
+        }
+        accepted(&get(
+            &["sec-websocket-key"],
+            &["Sec-WebSocket-Key:   dGhlIHNhbXBsZSBub25jZQ==  "],
+        ));
+    }
+
+    #[test]
+    fn origin_policy() {
+        let cfg = HandshakeConfig {
+            allowed_origins: Some(vec!["https://app.example.com".into()]),
+            ..HandshakeConfig::default()
+        };
+        let e = rejected(&get(&[], &["Origin: https://evil.example.com"]), &cfg);
+        assert_eq!(e, Error::OriginRefused);
+        assert_eq!(e.http_status(), Some(403));
+        assert!(outcome(&get(&[], &["Origin: https://APP.example.com"]), &cfg).is_ok());
+        assert!(outcome(&get(&[], &[]), &cfg).is_ok());
+        let twice =
+            get(&[], &["Origin: https://app.example.com", "Origin: https://evil.example.com"]);
+        assert_eq!(rejected(&twice, &cfg), Error::OriginRefused);
+
+        let strict = HandshakeConfig { require_origin: true, ..cfg };
+        assert_eq!(rejected(&get(&[], &[]), &strict), Error::OriginRefused);
+        assert!(outcome(&get(&[], &["Origin: https://app.example.com"]), &strict).is_ok());
+
+        // Without an allow-list any origin passes.
+        accepted(&get(&[], &["Origin: https://evil.example.com"]));
+    }
+
+    #[test]
+    fn subprotocol_follows_server_preference() {
+        let cfg = HandshakeConfig {
+            subprotocols: vec!["a".into(), "b".into()],
+            ..HandshakeConfig::default()
+        };
+        let chosen = |offer: &[&str]| outcome(&get(&[], offer), &cfg).unwrap();
+        assert_eq!(chosen(&["Sec-WebSocket-Protocol: b, a"]), Some("a".into()));
+        assert_eq!(chosen(&["Sec-WebSocket-Protocol: b"]), Some("b".into()));
+        assert_eq!(
+            chosen(&["Sec-WebSocket-Protocol: c", "Sec-WebSocket-Protocol: b"]),
+            Some("b".into())
+        );
+        assert_eq!(chosen(&["Sec-WebSocket-Protocol: c, d"]), None);
+        assert_eq!(chosen(&["Sec-WebSocket-Protocol: A"]), None);
+        assert_eq!(chosen(&[]), None);
+
+        let none = outcome(&get(&[], &["Sec-WebSocket-Protocol: a"]), &HandshakeConfig::default());
+        assert_eq!(none, Ok(None));
+        let e = rejected(&get(&[], &["Sec-WebSocket-Protocol: a b"]), &cfg);
+        assert_eq!(e.http_status(), Some(400));
+    }
+}
