@@ -156,7 +156,10 @@ impl Connection {
     /// Call it again on `input[consumed..]` until it returns no event: only then has the whole
     /// input been consumed (partial frames are kept inside the connection). On an error the
     /// connection has failed: the close frame for it is in the output, further input is ignored.
-    pub fn read<'a>(&'a mut self, input: &'a mut [u8]) -> Result<(usize, Option<Event<'a>>), Error> {
+    pub fn read<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
         if self.state == State::Closed {
             return Ok((input.len(), None));
         }
@@ -314,7 +317,12 @@ impl Connection {
     }
 
     /// A frame's payload is complete: say what, if anything, the caller must see.
-    fn end_frame(&mut self, header: Header, loc: Loc, input: &[u8]) -> Result<Option<Ready>, Error> {
+    fn end_frame(
+        &mut self,
+        header: Header,
+        loc: Loc,
+        input: &[u8],
+    ) -> Result<Option<Ready>, Error> {
         if header.opcode.is_control() {
             self.control(header.opcode, &loc, input)?;
             return Ok(Some(Ready::Control(header.opcode, loc)));

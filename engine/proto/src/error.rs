@@ -184,14 +184,20 @@ impl fmt::Display for Error {
             Error::MalformedRequest(what) => write!(f, "malformed HTTP request: {what}"),
             Error::MethodNotAllowed => f.write_str("a WebSocket upgrade must use GET"),
             Error::MissingHost => f.write_str("the request needs exactly one Host header"),
-            Error::NotUpgrade => f.write_str("this is a WebSocket endpoint: send an upgrade request"),
+            Error::NotUpgrade => {
+                f.write_str("this is a WebSocket endpoint: send an upgrade request")
+            }
             Error::BadUpgrade => f.write_str("the Upgrade header must name websocket"),
-            Error::BadConnection => f.write_str("the Connection header must hold the Upgrade token"),
+            Error::BadConnection => {
+                f.write_str("the Connection header must hold the Upgrade token")
+            }
             Error::BadKey => {
                 f.write_str("Sec-WebSocket-Key must be one base64 value of exactly 16 bytes")
             }
             Error::MissingVersion => f.write_str("Sec-WebSocket-Version is missing (we speak 13)"),
-            Error::UnsupportedVersion => f.write_str("unsupported Sec-WebSocket-Version (we speak 13)"),
+            Error::UnsupportedVersion => {
+                f.write_str("unsupported Sec-WebSocket-Version (we speak 13)")
+            }
             Error::BadExtensions => f.write_str("Sec-WebSocket-Extensions does not parse"),
             Error::HeadersTooLarge => f.write_str("request header fields too large"),
             Error::OriginRefused => f.write_str("origin not allowed"),
@@ -211,7 +217,9 @@ impl fmt::Display for Error {
             Error::FrameTooLarge => f.write_str("frame over the size limit"),
             Error::MessageTooLarge => f.write_str("message over the size limit"),
             Error::InvalidUtf8 => f.write_str("text is not valid UTF-8"),
-            Error::Closed => f.write_str("the connection is closing or closed: nothing more may be sent"),
+            Error::Closed => {
+                f.write_str("the connection is closing or closed: nothing more may be sent")
+            }
         }
     }
 }
@@ -275,12 +283,8 @@ mod tests {
         let r = String::from_utf8(Error::HeadersTooLarge.http_response().unwrap()).unwrap();
         assert!(r.starts_with("HTTP/1.1 431 "));
         let (head, body) = r.split_once("\r\n\r\n").unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len: usize =
+            head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
         assert_eq!(len, body.len());
         assert_eq!(Error::Refused(99).http_status(), Some(400));
         assert_eq!(Error::ReservedBits.http_response(), None);

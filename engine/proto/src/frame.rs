@@ -195,7 +195,13 @@ pub fn encode_header(fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, len: u64)
 
 /// Appends one whole frame to `out`: unmasked for a server (`mask: None`), masked with `mask`
 /// for a client.
-pub fn write_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) {
+pub fn write_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: OpCode,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
     let header = encode_header(fin, opcode, mask, payload.len() as u64);
     out.reserve(header.as_bytes().len() + payload.len());
     out.extend_from_slice(header.as_bytes());
@@ -218,7 +224,14 @@ mod tests {
         for len in [0u64, 1, 125, 126, 127, 0xffff, 0x1_0000, 1 << 20] {
             for mask in [None, Some([1, 2, 3, 4])] {
                 let h = encode_header(true, OpCode::Binary, mask, len);
-                let expected = 2 + if len < 126 { 0 } else if len <= 0xffff { 2 } else { 8 } + if mask.is_some() { 4 } else { 0 };
+                let expected =
+                    2 + if len < 126 {
+                        0
+                    } else if len <= 0xffff {
+                        2
+                    } else {
+                        8
+                    } + if mask.is_some() { 4 } else { 0 };
                 assert_eq!(h.as_bytes().len(), expected);
                 let rules = if mask.is_some() { SERVER } else { CLIENT };
                 let (d, n) = decode_header(h.as_bytes(), rules).unwrap().unwrap();

@@ -118,9 +118,9 @@ impl Assembly {
             // Every byte was checked as it arrived (fail-fast); this second pass only turns the
             // bytes into a `&str` without unsafe code, and runs only for messages that spanned
             // frames or reads. It cannot fail unless `Validator` disagrees with std.
-            Kind::Text => Message::Text(
-                std::str::from_utf8(&self.buf).expect("text validated as it arrived"),
-            ),
+            Kind::Text => {
+                Message::Text(std::str::from_utf8(&self.buf).expect("text validated as it arrived"))
+            }
         }
     }
 

@@ -99,11 +99,13 @@ mod tests {
         let mut results = Vec::new();
         for cut in 0..=bytes.len() {
             let mut v = Validator::new();
-            let r = v.feed(&bytes[..cut]).and_then(|_| v.feed(&bytes[cut..])).and_then(|_| v.finish());
+            let r =
+                v.feed(&bytes[..cut]).and_then(|_| v.feed(&bytes[cut..])).and_then(|_| v.finish());
             results.push(r);
         }
         let mut v = Validator::new();
-        let r = bytes.iter().try_for_each(|b| v.feed(std::slice::from_ref(b))).and_then(|_| v.finish());
+        let r =
+            bytes.iter().try_for_each(|b| v.feed(std::slice::from_ref(b))).and_then(|_| v.finish());
         results.push(r);
         results
     }
@@ -116,8 +118,8 @@ mod tests {
             "κόσμε".as_bytes(),
             "𝄞 music, 中文, ü".as_bytes(),
             b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", // surrogate
-            b"\xf4\x90\x80\x80",                                             // > U+10FFFF
-            b"\xc0\xaf",                                                     // overlong
+            b"\xf4\x90\x80\x80",                                               // > U+10FFFF
+            b"\xc0\xaf",                                                       // overlong
             b"\xe0\x80\xaf",
             b"abc\xf0\x9f\x98",  // truncated at the end
             b"\xf0\x9f\x98\x80", // 😀

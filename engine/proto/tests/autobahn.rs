@@ -83,9 +83,17 @@ fn section_1_framing() {
     let mut cases = Vec::new();
     for len in [0usize, 125, 126, 127, 128, 65535, 65536] {
         let payload = "*".repeat(len);
-        cases.push(case("1.1.x text", &[raw(FIN | TEXT, payload.as_bytes())], Expect::Events(vec![text(&payload)], vec![])));
+        cases.push(case(
+            "1.1.x text",
+            &[raw(FIN | TEXT, payload.as_bytes())],
+            Expect::Events(vec![text(&payload)], vec![]),
+        ));
         let bin = vec![0xfe; len];
-        cases.push(case("1.2.x binary", &[raw(FIN | BINARY, &bin)], Expect::Events(vec![Seen::Binary(bin.clone())], vec![])));
+        cases.push(case(
+            "1.2.x binary",
+            &[raw(FIN | BINARY, &bin)],
+            Expect::Events(vec![Seen::Binary(bin.clone())], vec![]),
+        ));
     }
     // Only the byte-by-byte run of the larger ones is slow; keep the suite quick.
     for case in &cases {
@@ -100,17 +108,46 @@ fn section_2_pings_and_pongs() {
     let pong = |p: &[u8]| (FIN | PONG, p.to_vec());
     let ping125 = vec![0xfe; 125];
     run_all(&[
-        case("2.1", &[raw(FIN | PING, b"")], Expect::Events(vec![Seen::Ping(vec![])], vec![pong(b"")])),
-        case("2.2", &[raw(FIN | PING, b"Hello, world!")], Expect::Events(vec![Seen::Ping(b"Hello, world!".to_vec())], vec![pong(b"Hello, world!")])),
-        case("2.3", &[raw(FIN | PING, &[0, 0xff, 0xfe, 0xfd])], Expect::Events(vec![Seen::Ping(vec![0, 0xff, 0xfe, 0xfd])], vec![pong(&[0, 0xff, 0xfe, 0xfd])])),
-        case("2.4", &[raw(FIN | PING, &ping125)], Expect::Events(vec![Seen::Ping(ping125.clone())], vec![pong(&ping125)])),
+        case(
+            "2.1",
+            &[raw(FIN | PING, b"")],
+            Expect::Events(vec![Seen::Ping(vec![])], vec![pong(b"")]),
+        ),
+        case(
+            "2.2",
+            &[raw(FIN | PING, b"Hello, world!")],
+            Expect::Events(
+                vec![Seen::Ping(b"Hello, world!".to_vec())],
+                vec![pong(b"Hello, world!")],
+            ),
+        ),
+        case(
+            "2.3",
+            &[raw(FIN | PING, &[0, 0xff, 0xfe, 0xfd])],
+            Expect::Events(
+                vec![Seen::Ping(vec![0, 0xff, 0xfe, 0xfd])],
+                vec![pong(&[0, 0xff, 0xfe, 0xfd])],
+            ),
+        ),
+        case(
+            "2.4",
+            &[raw(FIN | PING, &ping125)],
+            Expect::Events(vec![Seen::Ping(ping125.clone())], vec![pong(&ping125)]),
+        ),
         case("2.5", &[raw(FIN | PING, &[0xfe; 126])], Expect::Fails(vec![], 1002)),
         case("2.7", &[raw(FIN | PONG, b"")], Expect::Events(vec![Seen::Pong(vec![])], vec![])),
-        case("2.8", &[raw(FIN | PONG, b"unsolicited")], Expect::Events(vec![Seen::Pong(b"unsolicited".to_vec())], vec![])),
+        case(
+            "2.8",
+            &[raw(FIN | PONG, b"unsolicited")],
+            Expect::Events(vec![Seen::Pong(b"unsolicited".to_vec())], vec![]),
+        ),
         case(
             "2.9",
             &[raw(FIN | PONG, b"unsolicited"), raw(FIN | PING, b"solicited")],
-            Expect::Events(vec![Seen::Pong(b"unsolicited".to_vec()), Seen::Ping(b"solicited".to_vec())], vec![pong(b"solicited")]),
+            Expect::Events(
+                vec![Seen::Pong(b"unsolicited".to_vec()), Seen::Ping(b"solicited".to_vec())],
+                vec![pong(b"solicited")],
+            ),
         ),
         case(
             "2.10",
@@ -127,8 +164,16 @@ fn section_2_pings_and_pongs() {
 fn section_3_reserved_bits() {
     run_all(&[
         case("3.1", &[raw(FIN | 0x40 | TEXT, b"Hello")], Expect::Fails(vec![], 1002)),
-        case("3.2", &[raw(FIN | TEXT, b"small"), raw(FIN | 0x20 | TEXT, b"Hello"), raw(FIN | PING, b"")], Expect::Fails(vec![text("small")], 1002)),
-        case("3.3", &[raw(FIN | TEXT, b"small"), raw(FIN | 0x60 | TEXT, b"Hello")], Expect::Fails(vec![text("small")], 1002)),
+        case(
+            "3.2",
+            &[raw(FIN | TEXT, b"small"), raw(FIN | 0x20 | TEXT, b"Hello"), raw(FIN | PING, b"")],
+            Expect::Fails(vec![text("small")], 1002),
+        ),
+        case(
+            "3.3",
+            &[raw(FIN | TEXT, b"small"), raw(FIN | 0x60 | TEXT, b"Hello")],
+            Expect::Fails(vec![text("small")], 1002),
+        ),
         case("3.4", &[raw(FIN | 0x10 | TEXT, b"Hello")], Expect::Fails(vec![], 1002)),
         case("3.5", &[raw(FIN | 0x50 | BINARY, &[0xff])], Expect::Fails(vec![], 1002)),
         case("3.6", &[raw(FIN | 0x30 | PING, b"")], Expect::Fails(vec![], 1002)),
@@ -140,7 +185,11 @@ fn section_3_reserved_bits() {
 fn section_4_opcodes() {
     let mut cases = Vec::new();
     for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-        cases.push(case("4.x.1 reserved opcode", &[raw(FIN | op, b"")], Expect::Fails(vec![], 1002)));
+        cases.push(case(
+            "4.x.1 reserved opcode",
+            &[raw(FIN | op, b"")],
+            Expect::Fails(vec![], 1002),
+        ));
         cases.push(case(
             "4.x.2 reserved opcode after a message",
             &[raw(FIN | TEXT, b"ok"), raw(FIN | op, b"payload"), raw(FIN | PING, b"")],
@@ -156,28 +205,69 @@ fn section_5_fragmentation() {
     run_all(&[
         case("5.1", &[raw(PING, b"frag1"), raw(FIN | CONT, b"frag2")], Expect::Fails(vec![], 1002)),
         case("5.2", &[raw(PONG, b"frag1"), raw(FIN | CONT, b"frag2")], Expect::Fails(vec![], 1002)),
-        case("5.3", &[raw(TEXT, b"frag1"), raw(FIN | CONT, b"frag2")], Expect::Events(vec![text("frag1frag2")], vec![])),
+        case(
+            "5.3",
+            &[raw(TEXT, b"frag1"), raw(FIN | CONT, b"frag2")],
+            Expect::Events(vec![text("frag1frag2")], vec![]),
+        ),
         case(
             "5.6",
             &[raw(TEXT, b"frag1"), raw(FIN | PING, b"ping"), raw(FIN | CONT, b"frag2")],
-            Expect::Events(vec![Seen::Ping(b"ping".to_vec()), text("frag1frag2")], vec![pong(b"ping")]),
+            Expect::Events(
+                vec![Seen::Ping(b"ping".to_vec()), text("frag1frag2")],
+                vec![pong(b"ping")],
+            ),
         ),
         case(
             "5.8 many fragments, pings between",
-            &[raw(TEXT, b"a"), raw(FIN | PING, b"1"), raw(CONT, b"b"), raw(FIN | PING, b"2"), raw(FIN | CONT, b"c")],
-            Expect::Events(vec![Seen::Ping(b"1".to_vec()), Seen::Ping(b"2".to_vec()), text("abc")], vec![pong(b"1"), pong(b"2")]),
+            &[
+                raw(TEXT, b"a"),
+                raw(FIN | PING, b"1"),
+                raw(CONT, b"b"),
+                raw(FIN | PING, b"2"),
+                raw(FIN | CONT, b"c"),
+            ],
+            Expect::Events(
+                vec![Seen::Ping(b"1".to_vec()), Seen::Ping(b"2".to_vec()), text("abc")],
+                vec![pong(b"1"), pong(b"2")],
+            ),
         ),
-        case("5.9", &[raw(FIN | CONT, b"non-continuation payload"), raw(FIN | TEXT, b"Hello")], Expect::Fails(vec![], 1002)),
-        case("5.10", &[raw(CONT, b"non-continuation payload"), raw(FIN | TEXT, b"Hello")], Expect::Fails(vec![], 1002)),
+        case(
+            "5.9",
+            &[raw(FIN | CONT, b"non-continuation payload"), raw(FIN | TEXT, b"Hello")],
+            Expect::Fails(vec![], 1002),
+        ),
+        case(
+            "5.10",
+            &[raw(CONT, b"non-continuation payload"), raw(FIN | TEXT, b"Hello")],
+            Expect::Fails(vec![], 1002),
+        ),
         case(
             "5.15",
-            &[raw(TEXT, b"fragment1"), raw(FIN | CONT, b"fragment2"), raw(CONT, b"fragment3"), raw(FIN | TEXT, b"fragment4")],
+            &[
+                raw(TEXT, b"fragment1"),
+                raw(FIN | CONT, b"fragment2"),
+                raw(CONT, b"fragment3"),
+                raw(FIN | TEXT, b"fragment4"),
+            ],
             Expect::Fails(vec![text("fragment1fragment2")], 1002),
         ),
         case("5.17", &[raw(CONT, b"a"), raw(FIN | TEXT, b"b")], Expect::Fails(vec![], 1002)),
-        case("5.18", &[raw(TEXT, b"fragment1"), raw(FIN | TEXT, b"fragment2")], Expect::Fails(vec![], 1002)),
-        case("5.18 binary in text", &[raw(TEXT, b"a"), raw(BINARY, b"b")], Expect::Fails(vec![], 1002)),
-        case("5.x empty fragments", &[raw(TEXT, b""), raw(CONT, b""), raw(FIN | CONT, b"")], Expect::Events(vec![text("")], vec![])),
+        case(
+            "5.18",
+            &[raw(TEXT, b"fragment1"), raw(FIN | TEXT, b"fragment2")],
+            Expect::Fails(vec![], 1002),
+        ),
+        case(
+            "5.18 binary in text",
+            &[raw(TEXT, b"a"), raw(BINARY, b"b")],
+            Expect::Fails(vec![], 1002),
+        ),
+        case(
+            "5.x empty fragments",
+            &[raw(TEXT, b""), raw(CONT, b""), raw(FIN | CONT, b"")],
+            Expect::Events(vec![text("")], vec![]),
+        ),
         case(
             "5.x binary fragments",
             &[raw(BINARY, &[1, 2]), raw(CONT, &[3]), raw(FIN | CONT, &[4])],
@@ -227,7 +317,13 @@ const UTF8_CASES: &[(&[u8], bool)] = &[
 fn section_6_utf8() {
     let mut cases = Vec::new();
     for &(bytes, valid) in UTF8_CASES {
-        let expect = || if valid { Expect::Events(vec![text(std::str::from_utf8(bytes).unwrap())], vec![]) } else { Expect::Fails(vec![], 1007) };
+        let expect = || {
+            if valid {
+                Expect::Events(vec![text(std::str::from_utf8(bytes).unwrap())], vec![])
+            } else {
+                Expect::Fails(vec![], 1007)
+            }
+        };
         // 6.x.1: one frame; 6.x.2: one fragment per byte; 6.x.3: split in two at every point.
         cases.push(case("6.x.1 whole", &[raw(FIN | TEXT, bytes)], expect()));
         let mut per_byte: Vec<Vec<u8>> = Vec::new();
@@ -238,7 +334,11 @@ fn section_6_utf8() {
         per_byte.push(raw(FIN | if bytes.is_empty() { TEXT } else { CONT }, b""));
         cases.push(case("6.x.2 fragment per byte", &per_byte, expect()));
         for cut in 0..=bytes.len() {
-            cases.push(case("6.x.3 two fragments", &[raw(TEXT, &bytes[..cut]), raw(FIN | CONT, &bytes[cut..])], expect()));
+            cases.push(case(
+                "6.x.3 two fragments",
+                &[raw(TEXT, &bytes[..cut]), raw(FIN | CONT, &bytes[cut..])],
+                expect(),
+            ));
         }
     }
     run_all(&cases);
@@ -252,7 +352,9 @@ fn section_6_4_fails_fast() {
     let run = drive(&stream);
     assert_eq!(close_code_sent(&run), Some(1007));
     // 6.4.2: invalid byte arrives in the second, still unfinished fragment.
-    let stream = [raw(TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4"), raw(CONT, b"\x90")].concat();
+    let stream =
+        [raw(TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4"), raw(CONT, b"\x90")]
+            .concat();
     assert_eq!(close_code_sent(&drive(&stream)), Some(1007));
     // 6.4.3/6.4.4: one frame whose payload trickles in: fail on the read that holds the bad
     // byte, while most of the frame is still missing.
@@ -268,29 +370,93 @@ fn section_6_4_fails_fast() {
 fn section_7_close() {
     let ping_after = raw(FIN | PING, b"ignored");
     let mut cases = vec![
-        case("7.1.1", &[raw(FIN | TEXT, b"Hello"), raw(FIN | CLOSE, &close_payload(1000, b""))], Expect::Closes(vec![text("Hello")], Some(1000))),
-        case("7.1.2 second close ignored", &[raw(FIN | CLOSE, &close_payload(1000, b"")), raw(FIN | CLOSE, &close_payload(1000, b""))], Expect::Closes(vec![], Some(1000))),
-        case("7.1.3 ping after close ignored", &[raw(FIN | CLOSE, &close_payload(1000, b"")), ping_after.clone()], Expect::Closes(vec![], Some(1000))),
-        case("7.1.4 text after close ignored", &[raw(FIN | CLOSE, &close_payload(1000, b"")), raw(FIN | TEXT, b"no")], Expect::Closes(vec![], Some(1000))),
         case(
-            "7.1.5 close between fragments",
-            &[raw(TEXT, b"fragment1"), raw(FIN | CLOSE, &close_payload(1000, b"")), raw(FIN | CONT, b"fragment2")],
+            "7.1.1",
+            &[raw(FIN | TEXT, b"Hello"), raw(FIN | CLOSE, &close_payload(1000, b""))],
+            Expect::Closes(vec![text("Hello")], Some(1000)),
+        ),
+        case(
+            "7.1.2 second close ignored",
+            &[
+                raw(FIN | CLOSE, &close_payload(1000, b"")),
+                raw(FIN | CLOSE, &close_payload(1000, b"")),
+            ],
             Expect::Closes(vec![], Some(1000)),
         ),
-        case("7.1.6 garbage after close ignored", &[raw(FIN | CLOSE, &close_payload(1000, b"")), vec![0xff; 20]], Expect::Closes(vec![], Some(1000))),
+        case(
+            "7.1.3 ping after close ignored",
+            &[raw(FIN | CLOSE, &close_payload(1000, b"")), ping_after.clone()],
+            Expect::Closes(vec![], Some(1000)),
+        ),
+        case(
+            "7.1.4 text after close ignored",
+            &[raw(FIN | CLOSE, &close_payload(1000, b"")), raw(FIN | TEXT, b"no")],
+            Expect::Closes(vec![], Some(1000)),
+        ),
+        case(
+            "7.1.5 close between fragments",
+            &[
+                raw(TEXT, b"fragment1"),
+                raw(FIN | CLOSE, &close_payload(1000, b"")),
+                raw(FIN | CONT, b"fragment2"),
+            ],
+            Expect::Closes(vec![], Some(1000)),
+        ),
+        case(
+            "7.1.6 garbage after close ignored",
+            &[raw(FIN | CLOSE, &close_payload(1000, b"")), vec![0xff; 20]],
+            Expect::Closes(vec![], Some(1000)),
+        ),
         case("7.3.1 empty close", &[raw(FIN | CLOSE, b"")], Expect::Closes(vec![], None)),
         case("7.3.2 one-byte close", &[raw(FIN | CLOSE, b"\x03")], Expect::Fails(vec![], 1002)),
-        case("7.3.3 code only", &[raw(FIN | CLOSE, &close_payload(1000, b""))], Expect::Closes(vec![], Some(1000))),
-        case("7.3.4 code and reason", &[raw(FIN | CLOSE, &close_payload(1000, b"Hello World!"))], Expect::Closes(vec![], Some(1000))),
-        case("7.3.5 123-byte reason", &[raw(FIN | CLOSE, &close_payload(1000, &[b'*'; 123]))], Expect::Closes(vec![], Some(1000))),
-        case("7.3.6 126-byte close", &[raw(FIN | CLOSE, &close_payload(1000, &[b'*'; 124]))], Expect::Fails(vec![], 1002)),
-        case("7.5.1 invalid UTF-8 reason", &[raw(FIN | CLOSE, &close_payload(1000, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"))], Expect::Fails(vec![], 1007)),
+        case(
+            "7.3.3 code only",
+            &[raw(FIN | CLOSE, &close_payload(1000, b""))],
+            Expect::Closes(vec![], Some(1000)),
+        ),
+        case(
+            "7.3.4 code and reason",
+            &[raw(FIN | CLOSE, &close_payload(1000, b"Hello World!"))],
+            Expect::Closes(vec![], Some(1000)),
+        ),
+        case(
+            "7.3.5 123-byte reason",
+            &[raw(FIN | CLOSE, &close_payload(1000, &[b'*'; 123]))],
+            Expect::Closes(vec![], Some(1000)),
+        ),
+        case(
+            "7.3.6 126-byte close",
+            &[raw(FIN | CLOSE, &close_payload(1000, &[b'*'; 124]))],
+            Expect::Fails(vec![], 1002),
+        ),
+        case(
+            "7.5.1 invalid UTF-8 reason",
+            &[raw(
+                FIN | CLOSE,
+                &close_payload(
+                    1000,
+                    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",
+                ),
+            )],
+            Expect::Fails(vec![], 1007),
+        ),
     ];
-    for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
-        cases.push(case("7.7.x valid code echoed", &[raw(FIN | CLOSE, &close_payload(code, b""))], Expect::Closes(vec![], Some(code))));
+    for code in [
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+        4000, 4999,
+    ] {
+        cases.push(case(
+            "7.7.x valid code echoed",
+            &[raw(FIN | CLOSE, &close_payload(code, b""))],
+            Expect::Closes(vec![], Some(code)),
+        ));
     }
     for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-        cases.push(case("7.9.x / 7.13.x invalid code", &[raw(FIN | CLOSE, &close_payload(code, b""))], Expect::Fails(vec![], 1002)));
+        cases.push(case(
+            "7.9.x / 7.13.x invalid code",
+            &[raw(FIN | CLOSE, &close_payload(code, b""))],
+            Expect::Fails(vec![], 1002),
+        ));
     }
     run_all(&cases);
 }

@@ -23,7 +23,11 @@ fn opcode() -> impl Strategy<Value = OpCode> {
 #[derive(Debug, Clone)]
 enum Piece {
     /// A data message and the fragment sizes to send it in.
-    Message { text: bool, payload: Vec<u8>, fragments: Vec<usize> },
+    Message {
+        text: bool,
+        payload: Vec<u8>,
+        fragments: Vec<usize>,
+    },
     Ping(Vec<u8>),
     Pong(Vec<u8>),
 }

@@ -24,7 +24,9 @@ impl Seen {
             Event::Message(Message::Binary(b)) => Seen::Binary(b.to_vec()),
             Event::Ping(p) => Seen::Ping(p.to_vec()),
             Event::Pong(p) => Seen::Pong(p.to_vec()),
-            Event::Close(c) => Seen::Close(c.map(|CloseFrame { code, reason }| (code.0, reason.to_owned()))),
+            Event::Close(c) => {
+                Seen::Close(c.map(|CloseFrame { code, reason }| (code.0, reason.to_owned())))
+            }
         }
     }
 }
@@ -103,7 +105,8 @@ pub fn frames(mut output: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let rules = frame::DecodeRules { expect_masked: false, max_frame_size: u64::MAX >> 1 };
     let mut frames = Vec::new();
     while !output.is_empty() {
-        let (h, n) = frame::decode_header(output, rules).expect("server output decodes").expect("whole");
+        let (h, n) =
+            frame::decode_header(output, rules).expect("server output decodes").expect("whole");
         let end = n + h.len as usize;
         frames.push((output[0], output[n..end].to_vec()));
         output = &output[end..];
