@@ -28,7 +28,9 @@ fn run(role: Role, config: Config, data: &[u8], piece: usize) -> (Vec<Seen>, Vec
                 Ok((n, Some(ev))) => {
                     pos += n;
                     seen.push(match ev {
-                        Event::Message(Message::Text(t)) => Seen::Message(true, t.as_bytes().to_vec()),
+                        Event::Message(Message::Text(t)) => {
+                            Seen::Message(true, t.as_bytes().to_vec())
+                        }
                         Event::Message(Message::Binary(b)) => Seen::Message(false, b.to_vec()),
                         Event::Ping(p) => Seen::Ping(p.to_vec()),
                         Event::Pong(p) => Seen::Pong(p.to_vec()),
