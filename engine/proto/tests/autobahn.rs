@@ -479,9 +479,13 @@ fn limits_fail_with_1009() {
 }
 
 #[test]
-fn unmasked_client_frames_fail_with_1002() {
+fn header_violations_fail_with_1002() {
     let unmasked = [0x81, 0x05, b'H', b'e', b'l', b'l', b'o'];
     assert_eq!(close_code_sent(&drive(&unmasked)), Some(1002));
+    // A 5-byte payload announced with the 16-bit length form (RFC 6455 5.2: minimal encoding).
+    let mut non_minimal = vec![0x82, 0x80 | 126, 0, 5, 1, 2, 3, 4];
+    non_minimal.extend_from_slice(&[0; 5]);
+    assert_eq!(close_code_sent(&drive(&non_minimal)), Some(1002));
     // 64-bit length with the top bit set.
     let mut huge = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0];
     huge.extend_from_slice(&[1, 2, 3, 4]);
