@@ -1,0 +1,320 @@
+//! The epoll backend (through mio): edge-triggered readiness, one shared receive buffer per
+//! worker, writes straight from the connection's send queue.
+//!
+//! An idle connection costs a socket and a few bytes here; no buffer is held per connection. A
+//! connection that keeps the socket readable is served a bounded number of reads per loop
+//! iteration and revisited on the next one (edge-triggered epoll will not report it again), so
+//! one busy peer cannot starve the others.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::{Backend, Driver, SendQueue, Waker};
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+/// Reads served to one connection per loop iteration before moving on.
+const READS_PER_TURN: usize = 4;
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    /// The peer closed or the socket failed; `on_hangup` was called.
+    hung_up: bool,
+    /// Reading is paused by backpressure.
+    paused: bool,
+    /// The socket may hold unread bytes (paused, or its turn ended before EAGAIN).
+    readable: bool,
+    /// `close(graceful)` was asked: shut the write side once everything is written.
+    closing: bool,
+    /// Bytes of the send queue could not be written yet (waiting for EPOLLOUT).
+    unsent: bool,
+    write_shut: bool,
+}
+
+/// One worker's epoll set, listener and connections.
+#[derive(Debug)]
+pub struct Epoll {
+    poll: Poll,
+    events: Events,
+    listener: Option<TcpListener>,
+    waker: Waker,
+    conns: Vec<Option<Conn>>,
+    /// Receive buffer shared by every connection of this worker.
+    buf: Vec<u8>,
+    /// Connections to read again on the next poll without waiting for an edge.
+    backlog: Vec<usize>,
+    /// Hang-ups found outside `poll` (a failed write), reported on the next poll.
+    hangups: Vec<usize>,
+    released: Vec<usize>,
+}
+
+impl Epoll {
+    /// A backend serving `listener` (already bound and listening, non-blocking).
+    /// `waker` is the eventfd other threads write to wake this worker.
+    pub fn new(
+        listener: std::net::TcpListener,
+        waker: Waker,
+        recv_buffer_size: usize,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut SourceFd(&waker.raw_fd()), WAKER, Interest::READABLE)?;
+        Ok(Epoll {
+            poll,
+            events: Events::with_capacity(1024),
+            listener: Some(listener),
+            waker,
+            conns: Vec::new(),
+            buf: vec![0; recv_buffer_size.max(4096)],
+            backlog: Vec::new(),
+            hangups: Vec::new(),
+            released: Vec::new(),
+        })
+    }
+
+    fn accept(&mut self, driver: &mut dyn Driver) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_transient_accept_error(&e) => {
+                    // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; the next
+                    // readiness edge (or the next connection) tries again.
+                    crate::log_rate_limited("accept", &e);
+                    return;
+                }
+                Err(_) => continue,
+            };
+            let Some(id) = driver.on_accept() else { continue };
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                crate::log_rate_limited("register", &e);
+                driver.on_hangup(id);
+                self.released.push(id);
+                continue;
+            }
+            if self.conns.len() <= id {
+                self.conns.resize_with(id + 1, || None);
+            }
+            self.conns[id] = Some(Conn {
+                stream,
+                hung_up: false,
+                paused: false,
+                readable: false,
+                closing: false,
+                unsent: false,
+                write_shut: false,
+            });
+        }
+    }
+
+    /// Reads what `id` has, up to a turn's worth, and hands it to the driver.
+    fn read(&mut self, id: usize, driver: &mut dyn Driver) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
+            if conn.hung_up {
+                return;
+            }
+            if conn.paused {
+                conn.readable = true;
+                return;
+            }
+            match conn.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    self.hang_up(id, driver);
+                    return;
+                }
+                Ok(n) => driver.on_data(id, &mut self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.hang_up(id, driver);
+                    return;
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+            conn.readable = true;
+            self.backlog.push(id);
+        }
+    }
+
+    fn hang_up(&mut self, id: usize, driver: &mut dyn Driver) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
+        if conn.hung_up {
+            return;
+        }
+        conn.hung_up = true;
+        if conn.closing {
+            // Our close was waiting for the peer's side to close: done.
+            self.release(id);
+        } else {
+            driver.on_hangup(id);
+        }
+    }
+
+    fn release(&mut self, id: usize) {
+        if let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.released.push(id);
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes.
+    fn write(&mut self, id: usize, queue: &mut SendQueue) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
+        while !queue.pending.is_empty() {
+            match conn.stream.write(&queue.pending) {
+                Ok(n) => queue.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The peer is gone; drop what was queued, report the hang-up on next poll.
+                    queue.consume(usize::MAX);
+                    if !conn.hung_up {
+                        self.hangups.push(id);
+                    }
+                    break;
+                }
+            }
+        }
+        conn.unsent = !queue.pending.is_empty();
+        if conn.closing && !conn.unsent && !conn.write_shut {
+            conn.write_shut = true;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+impl Backend for Epoll {
+    fn poll(&mut self, driver: &mut dyn Driver, timeout: Duration) -> io::Result<()> {
+        let timeout = if self.backlog.is_empty() && self.hangups.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        for id in std::mem::take(&mut self.hangups) {
+            self.hang_up(id, driver);
+        }
+        for id in std::mem::take(&mut self.backlog) {
+            self.read(id, driver);
+        }
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(driver),
+                WAKER => self.waker.reset(),
+                Token(id) => {
+                    if event.is_writable() {
+                        let unsent =
+                            self.conns.get(id).and_then(Option::as_ref).is_some_and(|c| c.unsent);
+                        if unsent {
+                            if let Some(queue) = driver.queue(id) {
+                                self.write(id, queue);
+                                if queue.is_empty() {
+                                    driver.on_sent(id);
+                                }
+                            }
+                        }
+                    }
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read(id, driver);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        for id in self.released.drain(..) {
+            driver.on_released(id);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, id: usize, queue: &mut SendQueue) {
+        self.write(id, queue);
+    }
+
+    fn set_reading(&mut self, id: usize, reading: bool) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
+        conn.paused = !reading;
+        if reading && conn.readable {
+            self.backlog.push(id);
+        }
+    }
+
+    fn close(&mut self, id: usize, hard: bool) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
+        if hard || conn.hung_up {
+            if hard && !conn.hung_up {
+                // Unread data or an unresponsive peer: don't linger in FIN_WAIT with it.
+                set_linger_zero(&conn.stream);
+            }
+            self.release(id);
+            return;
+        }
+        conn.closing = true;
+        conn.paused = false;
+        if !conn.unsent && !conn.write_shut {
+            conn.write_shut = true;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+        }
+        if conn.readable {
+            // Drain and discard what the peer still sends until its FIN.
+            self.backlog.push(id);
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt(2) reads `size_of::<linger>()` bytes from a live `linger`; the fd is
+    // owned by `stream` and open.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// accept(2) errors that mean "out of a resource for now", not "this connection failed".
+pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

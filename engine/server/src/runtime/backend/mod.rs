@@ -1,0 +1,197 @@
+//! The contract between a worker and its I/O backend, written once for every backend.
+//!
+//! A backend owns sockets, the listener and whatever the kernel interface needs (an epoll set, an
+//! io_uring ring and its buffer ring). It knows nothing of WebSocket: it reports what happened
+//! through the [`Driver`] the worker passes to [`Backend::poll`], and it sends what a
+//! connection's [`SendQueue`] holds when the worker asks. Connection ids are the worker's slab
+//! keys; the backend indexes its own per-connection state by them.
+//!
+//! Lifecycle of an id: the backend accepts a socket and asks [`Driver::on_accept`] for an id
+//! (`None` refuses it). Data arrives through [`Driver::on_data`]. When the peer is gone
+//! (EOF, reset, error) the backend calls [`Driver::on_hangup`] once and delivers no more data.
+//! The worker calls [`Backend::close`] exactly once per id, after which the backend finishes its
+//! operations on that socket and calls [`Driver::on_released`]: only then may the id be reused.
+
+pub mod epoll;
+pub mod uring;
+
+use std::io;
+use std::time::Duration;
+
+/// What a backend tells the worker.
+pub trait Driver {
+    /// A connection was accepted; returns the id to use for it, or `None` to refuse it (the
+    /// backend then closes the socket).
+    fn on_accept(&mut self) -> Option<usize>;
+    /// Bytes arrived on `id`. The buffer is the backend's (a provided buffer, the shared receive
+    /// buffer); the driver may modify it in place (unmasking) but not keep it.
+    fn on_data(&mut self, id: usize, data: &mut [u8]);
+    /// The peer is gone (EOF or an error): no more data will arrive on `id`. Called at most once.
+    fn on_hangup(&mut self, id: usize);
+    /// The send queue of `id`, for the backend to take bytes from and to report sends into.
+    /// `None` when the id is unknown (a completion arriving for a connection being released).
+    fn queue(&mut self, id: usize) -> Option<&mut SendQueue>;
+    /// A send on `id` completed and its queue has room again (the worker may flush more, call
+    /// `on_drain`, resume reading).
+    fn on_sent(&mut self, id: usize);
+    /// The backend holds nothing of `id` any more: the id may be reused.
+    fn on_released(&mut self, id: usize);
+}
+
+/// What a worker asks of its backend.
+pub trait Backend {
+    /// Waits for I/O for at most `timeout` (returning early when woken), and reports everything
+    /// that completed to `driver`.
+    fn poll(&mut self, driver: &mut dyn Driver, timeout: Duration) -> io::Result<()>;
+    /// Starts sending what `queue` holds for `id`. A backend that completes asynchronously
+    /// takes ownership of the bytes for the time the kernel holds them ([`SendQueue::begin`]).
+    fn flush(&mut self, id: usize, queue: &mut SendQueue);
+    /// Stops reading from `id` (backpressure: its send queue is over the limit) or resumes.
+    fn set_reading(&mut self, id: usize, reading: bool);
+    /// Closes `id`. Graceful (`hard == false`): what was flushed is sent first, then the write
+    /// side is shut down and the socket is closed when the peer closes its side; the worker
+    /// calls again with `hard` when its close timeout expires. Hard: close now (RST if unread
+    /// data remains). Either way the backend calls [`Driver::on_released`] later, once.
+    fn close(&mut self, id: usize, hard: bool);
+    /// Stops accepting new connections (shutdown).
+    fn stop_accepting(&mut self);
+    /// The backend's name for logs: "io_uring" or "epoll".
+    fn name(&self) -> &'static str;
+}
+
+/// Wakes a worker from another thread: an eventfd the worker's poll watches.
+#[derive(Debug, Clone)]
+pub struct Waker {
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl Waker {
+    /// A new eventfd (non-blocking, close-on-exec).
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd(2) takes no pointers; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(Waker { fd: std::sync::Arc::new(fd) })
+    }
+
+    /// The eventfd, for the backend to watch.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Wakes the worker.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. EAGAIN (counter full)
+        // means a wake-up is pending anyway.
+        unsafe { libc::write(self.raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears pending wake-ups (called by the backend after the eventfd became readable).
+    pub fn reset(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an eventfd we own; EAGAIN is fine.
+        unsafe { libc::read(self.raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
+/// A connection's outgoing bytes, corked: everything written during one loop iteration leaves in
+/// one send.
+///
+/// Two buffers, so that a completion-based backend can hand one to the kernel and keep it
+/// untouched until the send completes, while the handler keeps writing into the other. Both come
+/// from and go back to the worker's buffer pool, so an idle connection holds no buffer.
+#[derive(Debug, Default)]
+pub struct SendQueue {
+    /// Where new frames are written.
+    pub pending: Vec<u8>,
+    /// Bytes handed to the kernel (completion backends only), and how many of them are sent.
+    inflight: Vec<u8>,
+    inflight_sent: usize,
+    busy: bool,
+}
+
+impl SendQueue {
+    /// Bytes queued and not yet sent.
+    pub fn len(&self) -> usize {
+        self.pending.len() + self.inflight.len() - self.inflight_sent
+    }
+
+    /// Whether nothing is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a send is in flight (completion backends).
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Completion backends: moves the pending bytes in flight and returns them, to be handed to
+    /// the kernel. Returns `None` if a send is already in flight or nothing is pending. The
+    /// returned slice stays valid and unmoved until [`SendQueue::complete`] says it is all sent.
+    pub fn begin(&mut self) -> Option<&[u8]> {
+        if self.busy || self.pending.is_empty() {
+            return None;
+        }
+        std::mem::swap(&mut self.pending, &mut self.inflight);
+        self.inflight_sent = 0;
+        self.busy = true;
+        Some(&self.inflight)
+    }
+
+    /// Completion backends: `n` more bytes of the in-flight buffer were sent. Returns the rest
+    /// still to send (a short send), or `None` when the buffer is all sent and the queue is idle.
+    pub fn complete(&mut self, n: usize) -> Option<&[u8]> {
+        self.inflight_sent = (self.inflight_sent + n).min(self.inflight.len());
+        if self.inflight_sent < self.inflight.len() {
+            return Some(&self.inflight[self.inflight_sent..]);
+        }
+        self.inflight.clear();
+        self.inflight_sent = 0;
+        self.busy = false;
+        None
+    }
+
+    /// Readiness backends: `n` bytes from the front of `pending` were written.
+    pub fn consume(&mut self, n: usize) {
+        if n >= self.pending.len() {
+            self.pending.clear();
+        } else {
+            self.pending.drain(..n);
+        }
+    }
+
+    /// Gives both buffers back (to a pool) when they are empty and nothing is in flight.
+    pub fn take_idle_buffers(&mut self) -> (Vec<u8>, Vec<u8>) {
+        if self.busy || !self.pending.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        (std::mem::take(&mut self.pending), std::mem::take(&mut self.inflight))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_queue_keeps_inflight_bytes_still_while_writing_on() {
+        let mut q = SendQueue::default();
+        q.pending.extend_from_slice(b"hello");
+        let ptr = q.begin().unwrap().as_ptr();
+        q.pending.extend_from_slice(&[b'x'; 10_000]); // may reallocate `pending`, not inflight
+        assert!(q.begin().is_none(), "one send at a time");
+        assert_eq!(q.len(), 10_005);
+        assert_eq!(q.complete(2).map(|r| (r.as_ptr(), r.len())), Some((ptr.wrapping_add(2), 3)));
+        assert_eq!(q.complete(3), None);
+        assert!(!q.is_busy());
+        assert_eq!(q.begin().unwrap().len(), 10_000);
+    }
+}

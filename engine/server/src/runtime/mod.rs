@@ -1,0 +1,226 @@
+//! The runtime: binds one listener per worker (SO_REUSEPORT, so the kernel spreads accepts),
+//! picks the backend once, starts one pinned thread per worker, and carries what workers share:
+//! the shutdown flag, their wakers and their command channels.
+
+pub(crate) mod backend;
+pub(crate) mod conn;
+pub(crate) mod worker;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use ringside_proto::frame::{self, OpCode};
+use ringside_proto::Message;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use self::backend::epoll::Epoll;
+use self::backend::uring::Uring;
+use self::backend::Waker;
+use crate::server::{Backend, Handler, Running, ServerHandle, Settings, Workers};
+
+/// What a worker can be asked from another thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// An encoded frame for every open connection.
+    Broadcast(Arc<[u8]>),
+}
+
+/// What all workers and handles share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    shutdown: AtomicBool,
+    wakers: Vec<Waker>,
+    inboxes: Vec<Sender<Command>>,
+}
+
+impl Shared {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+
+    /// Encodes `msg` once and hands it to every worker.
+    pub(crate) fn broadcast(&self, _from: Option<u16>, msg: Message<'_>) {
+        let opcode = match msg {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        };
+        let mut bytes = Vec::with_capacity(msg.len() + 10);
+        frame::write_frame(&mut bytes, true, opcode, None, msg.as_bytes());
+        let frame: Arc<[u8]> = bytes.into();
+        for (inbox, waker) in self.inboxes.iter().zip(&self.wakers) {
+            if inbox.send(Command::Broadcast(Arc::clone(&frame))).is_ok() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The backend a server runs, after `Auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    IoUring,
+    Epoll,
+}
+
+/// Bound listeners and settings, ready to start.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) settings: Settings,
+    kind: Kind,
+    listeners: Vec<TcpListener>,
+}
+
+impl Prepared {
+    pub(crate) fn backend_name(&self) -> &'static str {
+        match self.kind {
+            Kind::IoUring => "io_uring",
+            Kind::Epoll => "epoll",
+        }
+    }
+}
+
+/// Resolves the worker count and backend and binds one listener per worker.
+pub(crate) fn prepare<H, F>(settings: Settings, factory: F) -> io::Result<Running<H, F>>
+where
+    H: Handler,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let workers = match settings.workers {
+        Workers::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Workers::Count(n) => n.max(1),
+    };
+    if workers > usize::from(u16::MAX) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many workers"));
+    }
+    let kind = match settings.backend {
+        Backend::Epoll => Kind::Epoll,
+        Backend::IoUring => {
+            backend::uring::probe(&settings).map_err(|why| {
+                io::Error::new(io::ErrorKind::Unsupported, format!("io_uring unavailable: {why}"))
+            })?;
+            Kind::IoUring
+        }
+        Backend::Auto => match backend::uring::probe(&settings) {
+            Ok(()) => Kind::IoUring,
+            Err(why) => {
+                eprintln!("ringside: io_uring unavailable ({why}); using epoll");
+                Kind::Epoll
+            }
+        },
+    };
+    let mut listeners = Vec::with_capacity(workers);
+    let mut addr = settings.listen;
+    for _ in 0..workers {
+        let listener = bind(addr)?;
+        // With port 0 the first bind picks the port; the others share it.
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(Running {
+        prepared: Prepared { local_addr: addr, settings, kind, listeners },
+        factory,
+        _handler: std::marker::PhantomData,
+    })
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // The kernel caps the backlog at net.core.somaxconn.
+    socket.listen(65535)?;
+    Ok(socket.into())
+}
+
+/// Starts the workers.
+pub(crate) fn spawn<H, F>(prepared: Prepared, factory: Arc<F>) -> io::Result<ServerHandle>
+where
+    H: Handler,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let Prepared { local_addr, settings, kind, listeners } = prepared;
+    let count = listeners.len();
+    let wakers = (0..count).map(|_| Waker::new()).collect::<io::Result<Vec<_>>>()?;
+    let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
+        (0..count).map(|_| crossbeam_channel::unbounded()).unzip();
+    let shared = Arc::new(Shared { shutdown: AtomicBool::new(false), wakers, inboxes });
+    let cores = if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };
+    let mut threads = Vec::with_capacity(count);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(count);
+    for (index, (listener, inbox)) in listeners.into_iter().zip(outboxes).enumerate() {
+        let shared = Arc::clone(&shared);
+        let factory = Arc::clone(&factory);
+        let settings = settings.clone();
+        let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ringside-{index}"))
+            .spawn(move || {
+                if let Some(core_id) = core_id {
+                    core_affinity::set_for_current(core_id);
+                }
+                let waker = shared.wakers[index].clone();
+                let mut core =
+                    worker::Core::new(index as u16, factory(), settings.clone(), Arc::clone(&shared));
+                match kind {
+                    Kind::Epoll => {
+                        let mut backend = match Epoll::new(listener, waker, settings.recv_buffer_size) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                return Err(e);
+                            }
+                        };
+                        let _ = ready.send(Ok(()));
+                        worker::run(&mut core, &mut backend, &inbox)
+                    }
+                    Kind::IoUring => {
+                        let mut backend = match Uring::new(listener, waker, &settings) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                return Err(e);
+                            }
+                        };
+                        let _ = ready.send(Ok(()));
+                        worker::run(&mut core, &mut backend, &inbox)
+                    }
+                }
+            })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let handle = ServerHandle {
+        local_addr,
+        backend: match kind {
+            Kind::IoUring => "io_uring",
+            Kind::Epoll => "epoll",
+        },
+        shared,
+        threads,
+    };
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.shutdown();
+                return Err(e);
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(handle)
+}
