@@ -30,6 +30,11 @@ pub use server::{
     WebSocket, Workers,
 };
 
+/// Whether the io_uring backend can run here (the same probe `Backend::Auto` uses), and why not.
+pub fn io_uring_available() -> Result<(), String> {
+    runtime::backend::uring::probe(&Settings::default())
+}
+
 /// Logs an error at most once a second per kind, so a flood (EMFILE on every accept) does not
 /// flood the log.
 pub(crate) fn log_rate_limited(what: &'static str, error: &std::io::Error) {

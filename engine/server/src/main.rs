@@ -1,0 +1,223 @@
+//! The `ringside` binary: a WebSocket server with every tunable as a flag, running a demo app.
+//!
+//! `--app echo` (default) sends every message back; `--app broadcast` sends every message to
+//! every connection on every worker (a chat room).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ringside::{Backend, Handler, Message, Server, Settings, SlowConsumer, WebSocket, Workers};
+
+#[derive(Debug, Parser)]
+#[command(name = "ringside", version, about = "A thread-per-core WebSocket server on io_uring and epoll")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Worker threads: a number, or "auto" for one per CPU.
+    #[arg(long, default_value = "auto")]
+    workers: String,
+    /// I/O backend; auto probes io_uring and falls back to epoll.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Don't pin worker i to CPU i.
+    #[arg(long)]
+    no_pin: bool,
+    /// The demo application.
+    #[arg(long, value_enum, default_value = "echo")]
+    app: App,
+    /// Largest message accepted, bytes (close 1009 beyond).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message_size: u64,
+    /// Largest frame accepted, bytes (close 1009 beyond).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_frame_size: u64,
+    /// Largest upgrade request head, bytes (431 beyond).
+    #[arg(long, default_value_t = 8 << 10)]
+    max_head_bytes: usize,
+    /// Close connections silent this long, seconds.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+    /// Don't ping connections silent for half the idle timeout.
+    #[arg(long)]
+    no_idle_ping: bool,
+    /// Seconds a client has to complete its upgrade request.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds to wait for the peer's close frame after ours.
+    #[arg(long, default_value_t = 5)]
+    close_timeout: u64,
+    /// Queued bytes per connection above which reading pauses and on_drain is armed.
+    #[arg(long, default_value_t = 1 << 20)]
+    send_high_water: usize,
+    /// Queued bytes per connection above which the slow-consumer policy applies.
+    #[arg(long, default_value_t = 16 << 20)]
+    send_limit: usize,
+    /// What to do with a connection over the send limit.
+    #[arg(long, value_enum, default_value = "close")]
+    slow_consumer: SlowArg,
+    /// io_uring submission queue entries per worker.
+    #[arg(long, default_value_t = 4096)]
+    ring_entries: u32,
+    /// io_uring provided receive buffers per worker.
+    #[arg(long, default_value_t = 4096)]
+    recv_buffers: u32,
+    /// Receive buffer size, bytes.
+    #[arg(long, default_value_t = 16 << 10)]
+    recv_buffer_size: usize,
+    /// Origins allowed to connect, comma-separated (exact match); empty: any.
+    #[arg(long, value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Subprotocols in order of preference, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    subprotocols: Vec<String>,
+    /// Seconds to wait for clients to answer the 1001 close on shutdown.
+    #[arg(long, default_value_t = 5)]
+    shutdown_timeout: u64,
+    /// Most connections per worker.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_connections_per_worker: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SlowArg {
+    Close,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum App {
+    Echo,
+    Broadcast,
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
+        let _ = ws.send(msg);
+    }
+}
+
+struct Broadcast;
+
+impl Handler for Broadcast {
+    fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
+        ws.broadcast(msg);
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("ringside: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> io::Result<()> {
+    let workers = match args.workers.as_str() {
+        "auto" => Workers::PerCore,
+        n => Workers::Count(n.parse().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("--workers: not a number: {n}"))
+        })?),
+    };
+    let settings = Settings {
+        listen: args.listen,
+        workers,
+        backend: match args.backend {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::IoUring => Backend::IoUring,
+            BackendArg::Epoll => Backend::Epoll,
+        },
+        pin: !args.no_pin,
+        max_message_size: args.max_message_size,
+        max_frame_size: args.max_frame_size,
+        max_head_bytes: args.max_head_bytes,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        ping_idle: !args.no_idle_ping,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        close_timeout: Duration::from_secs(args.close_timeout),
+        send_high_water: args.send_high_water,
+        send_limit: args.send_limit,
+        slow_consumer: match args.slow_consumer {
+            SlowArg::Close => SlowConsumer::Close,
+            SlowArg::Drop => SlowConsumer::Drop,
+        },
+        allowed_origins: args.allowed_origins,
+        subprotocols: args.subprotocols,
+        ring_entries: args.ring_entries,
+        recv_buffers: args.recv_buffers,
+        recv_buffer_size: args.recv_buffer_size,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        max_connections_per_worker: args.max_connections_per_worker,
+    };
+    let fd_limit = raise_fd_limit();
+    let builder = Server::builder().settings(settings.clone());
+    match args.app {
+        App::Echo => serve(builder.build(|| Echo)?, &settings, fd_limit, "echo"),
+        App::Broadcast => serve(builder.build(|| Broadcast)?, &settings, fd_limit, "broadcast"),
+    }
+}
+
+fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
+    server: ringside::Running<H, F>,
+    s: &Settings,
+    fd_limit: u64,
+    app: &str,
+) -> io::Result<()> {
+    let workers = match s.workers {
+        Workers::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Workers::Count(n) => n,
+    };
+    let backend = server.backend_name();
+    eprintln!(
+        "ringside: app {app}, backend {backend}, {workers} worker(s), pinning {}, \
+         max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
+         open-file limit {fd_limit}",
+        if s.pin { "on" } else { "off" },
+        s.max_message_size,
+        s.max_frame_size,
+        s.send_limit,
+        s.slow_consumer,
+        s.idle_timeout.as_secs(),
+    );
+    if backend == "epoll" && fd_limit < 100_000 {
+        eprintln!(
+            "ringside: warning: epoll uses one process fd per connection; this process can hold \
+             at most about {fd_limit} connections (io_uring's direct descriptors do not count)"
+        );
+    }
+    // Tests and scripts read the bound address from this line.
+    println!("ringside: listening on {}", server.local_addr());
+    server.run()?;
+    eprintln!("ringside: shut down");
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write one live `rlimit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
