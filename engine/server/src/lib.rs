@@ -32,7 +32,7 @@ pub use server::{
 
 /// Whether the io_uring backend can run here (the same probe `Backend::Auto` uses), and why not.
 pub fn io_uring_available() -> Result<(), String> {
-    runtime::backend::uring::probe(&Settings::default())
+    runtime::probe_uring(&Settings::default())
 }
 
 /// Logs an error at most once a second per kind, so a flood (EMFILE on every accept) does not

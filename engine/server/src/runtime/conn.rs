@@ -37,9 +37,10 @@ pub(crate) enum Phase {
 #[derive(Debug, Default)]
 pub(crate) struct Io {
     pub queue: SendQueue,
-    /// Worker clock (seconds) when the connection was accepted or last sent us anything.
+    /// Worker clock (wrapping milliseconds) when the connection was accepted, then (once open)
+    /// when it last sent us anything.
     pub last_rx: u32,
-    /// Worker clock when we sent our close frame (0: not closing).
+    /// Worker clock when we started closing (0: not closing; set values have the low bit set).
     pub closing_since: u32,
     /// A close the handler asked for, applied once its callback returns.
     pub close_request: Option<(CloseCode, String)>,

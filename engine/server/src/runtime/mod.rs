@@ -106,12 +106,12 @@ where
     let kind = match settings.backend {
         Backend::Epoll => Kind::Epoll,
         Backend::IoUring => {
-            backend::uring::probe(&settings).map_err(|why| {
+            probe_uring(&settings).map_err(|why| {
                 io::Error::new(io::ErrorKind::Unsupported, format!("io_uring unavailable: {why}"))
             })?;
             Kind::IoUring
         }
-        Backend::Auto => match backend::uring::probe(&settings) {
+        Backend::Auto => match probe_uring(&settings) {
             Ok(()) => Kind::IoUring,
             Err(why) => {
                 eprintln!("ringside: io_uring unavailable ({why}); using epoll");
@@ -132,6 +132,15 @@ where
         factory,
         _handler: std::marker::PhantomData,
     })
+}
+
+/// Runs the io_uring probe on a short-lived thread: tearing a ring down queues task work on the
+/// thread that owned it, which can interrupt that thread's next blocking syscall (EINTR).
+pub(crate) fn probe_uring(settings: &Settings) -> Result<(), String> {
+    let settings = settings.clone();
+    std::thread::spawn(move || backend::uring::probe(&settings))
+        .join()
+        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -195,9 +195,14 @@ impl Epoll {
             }
         }
         conn.unsent = !queue.pending.is_empty();
-        if conn.closing && !conn.unsent && !conn.write_shut {
-            conn.write_shut = true;
-            let _ = conn.stream.shutdown(Shutdown::Write);
+        if conn.closing && !conn.unsent {
+            if conn.hung_up {
+                // The peer had already closed its side: everything is written, we are done.
+                self.release(id);
+            } else if !conn.write_shut {
+                conn.write_shut = true;
+                let _ = conn.stream.shutdown(Shutdown::Write);
+            }
         }
     }
 }
@@ -265,7 +270,7 @@ impl Backend for Epoll {
 
     fn close(&mut self, id: usize, hard: bool) {
         let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
-        if hard || conn.hung_up {
+        if hard || (conn.hung_up && !conn.unsent) {
             if hard && !conn.hung_up {
                 // Unread data or an unresponsive peer: don't linger in FIN_WAIT with it.
                 set_linger_zero(&conn.stream);
@@ -275,6 +280,10 @@ impl Backend for Epoll {
         }
         conn.closing = true;
         conn.paused = false;
+        if conn.hung_up {
+            // Half-closed peer with bytes still to write: EPOLLOUT finishes them, then releases.
+            return;
+        }
         if !conn.unsent && !conn.write_shut {
             conn.write_shut = true;
             let _ = conn.stream.shutdown(Shutdown::Write);

@@ -128,11 +128,6 @@ impl SendQueue {
         self.len() == 0
     }
 
-    /// Whether a send is in flight (completion backends).
-    pub fn is_busy(&self) -> bool {
-        self.busy
-    }
-
     /// Completion backends: moves the pending bytes in flight and returns them, to be handed to
     /// the kernel. Returns `None` if a send is already in flight or nothing is pending. The
     /// returned slice stays valid and unmoved until [`SendQueue::complete`] says it is all sent.
@@ -148,8 +143,9 @@ impl SendQueue {
 
     /// Completion backends: `n` more bytes of the in-flight buffer were sent. Returns the rest
     /// still to send (a short send), or `None` when the buffer is all sent and the queue is idle.
+    /// `usize::MAX` discards the rest (the peer is gone).
     pub fn complete(&mut self, n: usize) -> Option<&[u8]> {
-        self.inflight_sent = (self.inflight_sent + n).min(self.inflight.len());
+        self.inflight_sent = self.inflight_sent.saturating_add(n).min(self.inflight.len());
         if self.inflight_sent < self.inflight.len() {
             return Some(&self.inflight[self.inflight_sent..]);
         }
@@ -191,7 +187,11 @@ mod tests {
         assert_eq!(q.len(), 10_005);
         assert_eq!(q.complete(2).map(|r| (r.as_ptr(), r.len())), Some((ptr.wrapping_add(2), 3)));
         assert_eq!(q.complete(3), None);
-        assert!(!q.is_busy());
+        assert!(!q.busy);
+        q.pending.extend_from_slice(b"abc");
+        q.begin().unwrap();
+        assert!(q.complete(1).is_some());
+        assert_eq!(q.complete(usize::MAX), None, "discarding after a short send");
         assert_eq!(q.begin().unwrap().len(), 10_000);
     }
 }
