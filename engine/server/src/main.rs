@@ -5,13 +5,19 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use ringside::{Backend, Handler, Message, Server, Settings, SlowConsumer, WebSocket, Workers};
 
 #[derive(Debug, Parser)]
-#[command(name = "ringside", version, about = "A thread-per-core WebSocket server on io_uring and epoll")]
+#[command(
+    name = "ringside",
+    version,
+    about = "A thread-per-core WebSocket server on io_uring and epoll"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9001")]
@@ -197,9 +203,20 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
              at most about {fd_limit} connections (io_uring's direct descriptors do not count)"
         );
     }
+    // Catch the signals before announcing the address: a script that reads the line and
+    // signals at once must get a graceful shutdown, not the default action.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let addr = server.local_addr();
+    let handle = server.spawn()?;
     // Tests and scripts read the bound address from this line.
-    println!("ringside: listening on {}", server.local_addr());
-    server.run()?;
+    println!("ringside: listening on {addr}");
+    while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle.shutdown()?;
     eprintln!("ringside: shut down");
     Ok(())
 }

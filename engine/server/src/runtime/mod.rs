@@ -166,7 +166,8 @@ where
     let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
         (0..count).map(|_| crossbeam_channel::unbounded()).unzip();
     let shared = Arc::new(Shared { shutdown: AtomicBool::new(false), wakers, inboxes });
-    let cores = if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };
+    let cores =
+        if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };
     let mut threads = Vec::with_capacity(count);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(count);
     for (index, (listener, inbox)) in listeners.into_iter().zip(outboxes).enumerate() {
@@ -175,24 +176,29 @@ where
         let settings = settings.clone();
         let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
         let ready = ready_tx.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("ringside-{index}"))
-            .spawn(move || {
+        let thread =
+            std::thread::Builder::new().name(format!("ringside-{index}")).spawn(move || {
                 if let Some(core_id) = core_id {
                     core_affinity::set_for_current(core_id);
                 }
                 let waker = shared.wakers[index].clone();
-                let mut core =
-                    worker::Core::new(index as u16, factory(), settings.clone(), Arc::clone(&shared));
+                let mut core = worker::Core::new(
+                    index as u16,
+                    factory(),
+                    settings.clone(),
+                    Arc::clone(&shared),
+                );
                 match kind {
                     Kind::Epoll => {
-                        let mut backend = match Epoll::new(listener, waker, settings.recv_buffer_size) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
-                                return Err(e);
-                            }
-                        };
+                        let mut backend =
+                            match Epoll::new(listener, waker, settings.recv_buffer_size) {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    let _ =
+                                        ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                    return Err(e);
+                                }
+                            };
                         let _ = ready.send(Ok(()));
                         worker::run(&mut core, &mut backend, &inbox)
                     }

@@ -112,7 +112,8 @@ impl<H: Handler> Core<H> {
             Err(e) => (e.http_response().unwrap_or_default(), 0, false),
         };
         // Bytes after the head are the first frames (a client may pipeline them).
-        let rest = if accepted && head_len < whole.len() { whole[head_len..].to_vec() } else { vec![] };
+        let rest =
+            if accepted && head_len < whole.len() { whole[head_len..].to_vec() } else { vec![] };
         let conn = &mut self.conns[id];
         self.ctx.ensure_buffer(&mut conn.io.queue);
         conn.io.queue.pending.extend_from_slice(&reply);
@@ -420,7 +421,8 @@ pub(crate) fn run<H: Handler, B: Backend>(
                         _ => core.request_close(id, true),
                     }
                 }
-                let timeout = core.ctx.settings.shutdown_timeout.as_millis().min(u32::MAX as u128 / 2);
+                let timeout =
+                    core.ctx.settings.shutdown_timeout.as_millis().min(u32::MAX as u128 / 2);
                 now.wrapping_add(timeout as u32)
             });
             if core.conns.is_empty() {

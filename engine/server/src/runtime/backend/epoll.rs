@@ -322,8 +322,5 @@ fn set_linger_zero(stream: &TcpStream) {
 
 /// accept(2) errors that mean "out of a resource for now", not "this connection failed".
 pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }

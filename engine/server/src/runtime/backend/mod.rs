@@ -9,8 +9,15 @@
 //! Lifecycle of an id: the backend accepts a socket and asks [`Driver::on_accept`] for an id
 //! (`None` refuses it). Data arrives through [`Driver::on_data`]. When the peer is gone
 //! (EOF, reset, error) the backend calls [`Driver::on_hangup`] once and delivers no more data.
-//! The worker calls [`Backend::close`] exactly once per id, after which the backend finishes its
-//! operations on that socket and calls [`Driver::on_released`]: only then may the id be reused.
+//! The worker calls [`Backend::close`] once per id (again with `hard` when its close timeout
+//! expires), after which the backend finishes its operations on that socket and calls
+//! [`Driver::on_released`], possibly many iterations later: only then may the id be reused.
+//!
+//! A hang-up on EOF is a half-close: the worker still flushes what it queued (the echo of the
+//! peer's close frame) and the backend sends it before closing; only a failed socket drops it.
+//! The worker keeps every connection's [`SendQueue`] alive and in place until `on_released`,
+//! which is what makes it sound for a completion backend to hand the in-flight buffer's address
+//! to the kernel.
 
 pub mod epoll;
 pub mod uring;

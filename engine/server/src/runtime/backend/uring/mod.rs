@@ -1,0 +1,832 @@
+//! The io_uring backend: one ring per worker, created and used on the worker's thread only.
+//!
+//! Operations: a multishot accept into direct descriptors (the ring's fixed-file table, so held
+//! connections take no slot in the process fd table), a multishot recv per connection selecting
+//! from one provided-buffer ring per worker, one `Send` at a time per connection straight from
+//! its [`SendQueue`], `Shutdown`, `AsyncCancel` and `Close` on the direct descriptor to close,
+//! and a multishot poll on the waker's eventfd. TCP_NODELAY is set on the listener (accepted
+//! sockets inherit it) and again per connection through the socket uring_cmd where the kernel
+//! has it (6.7+). One `io_uring_enter` per loop iteration submits everything and waits.
+//!
+//! Every operation's `user_data` names its kind, connection id and the id's generation. Each
+//! connection counts the operations that still owe a final completion. Closing cancels what is
+//! in flight, closes the direct descriptor once that count is zero (never earlier: see
+//! `close_slot`), and releases the id to the worker when the close completes. So no completion
+//! arrives for an id the worker has reused, and no send buffer the kernel may still read is
+//! freed.
+//!
+//! What it does not do: zero-copy send (no gain for small messages, see IO_URING_NOTES.md),
+//! registered buffers, SQPOLL.
+
+mod buf_ring;
+mod op;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
+
+use self::buf_ring::{BufRing, GROUP};
+use self::op::{Kind, Op, GEN_MASK};
+pub use self::setup::probe;
+use self::setup::TaskRun;
+use super::{Backend, Driver, SendQueue, Waker};
+use crate::server::Settings;
+
+/// The largest completion queue asked for: the kernel's IORING_MAX_CQ_ENTRIES.
+const MAX_CQ_ENTRIES: u32 = 1 << 16;
+/// Completion rounds per `poll` at most: a kernel that keeps posting cannot hold the worker.
+const MAX_ROUNDS: usize = 8;
+/// The longest wait while recvs wait for a re-arm after ENOBUFS.
+const STARVED_WAIT: Duration = Duration::from_millis(1);
+/// The longest single wait (a larger timeout is cut to this; the worker just polls again).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Delay before re-arming accept after it failed (EMFILE, ENFILE with a full direct-descriptor
+/// table, ENOBUFS, ENOMEM): retrying at once would spin while the resource is short. A static:
+/// the kernel reads it when the timeout is submitted, which may be after the call that queued it.
+static ACCEPT_RETRY: Timespec = Timespec::new().nsec(20_000_000);
+/// Option values for the socket uring_cmd: statics, for the same reason.
+static ONE: libc::c_int = 1;
+static LINGER_NOW: libc::linger = libc::linger { l_onoff: 1, l_linger: 0 };
+
+// Connection flags.
+/// The id is in use (between accept and release).
+const LIVE: u16 = 1 << 0;
+/// A multishot recv is armed (counted in `ops`).
+const RECV: u16 = 1 << 1;
+/// A cancel of that recv is on its way.
+const RECV_CANCEL: u16 = 1 << 2;
+/// A send is in flight (counted in `ops`).
+const SEND: u16 = 1 << 3;
+/// Reading paused by backpressure.
+const PAUSED: u16 = 1 << 4;
+/// The peer is gone (EOF or an error): no more data is delivered. Queued bytes are still sent.
+const HUNG_UP: u16 = 1 << 5;
+/// The worker called `close` (graceful or hard).
+const CLOSING: u16 = 1 << 6;
+/// Our write side is shut down.
+const SHUT: u16 = 1 << 7;
+/// The direct descriptor is being closed and every operation cancelled.
+const TEARDOWN: u16 = 1 << 8;
+/// Queued for a recv re-arm after the batch.
+const REARM: u16 = 1 << 9;
+/// The close of the direct descriptor is submitted.
+const CLOSED: u16 = 1 << 10;
+/// A send failed: nothing more can go out (an EOF alone does not stop sending: a half-closed
+/// peer still gets what is queued, its close echo for one).
+const BROKEN: u16 = 1 << 11;
+
+/// One connection's state: 12 bytes per id.
+#[derive(Debug, Clone, Copy, Default)]
+struct Conn {
+    /// Its direct descriptor.
+    slot: u32,
+    /// Bumped at every release, so completions for an earlier holder of the id are recognised.
+    gen: u32,
+    /// Operations submitted whose final completion has not arrived.
+    ops: u16,
+    flags: u16,
+}
+
+impl Conn {
+    fn has(&self, flags: u16) -> bool {
+        self.flags & flags != 0
+    }
+
+    /// Whether its multishot recv should be running and is not.
+    fn wants_recv(&self) -> bool {
+        self.has(LIVE)
+            && !self.has(RECV | HUNG_UP | TEARDOWN)
+            && (!self.has(PAUSED) || self.has(CLOSING))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// The multishot accept is in the ring.
+    Armed,
+    /// It failed; a timer re-arms it.
+    Retrying,
+    /// `stop_accepting` cancelled it; waiting for its final completion.
+    Stopping,
+    /// Not accepting; the listener is closed.
+    Stopped,
+}
+
+/// One worker's ring, buffers, listener and connections.
+pub struct Uring {
+    // Declared first: dropped (closed) before the buffers it may have pointed into.
+    ring: IoUring,
+    bufs: BufRing,
+    taskrun: TaskRun,
+    listener: Option<TcpListener>,
+    accept: Accept,
+    waker: Waker,
+    conns: Vec<Conn>,
+    fixed_files: u32,
+    /// Set TCP_NODELAY (and SO_LINGER for hard closes) through the socket uring_cmd; turned off
+    /// at the first completion saying the kernel cannot.
+    sockopt_cmd: bool,
+    /// Submissions that did not fit in the SQ (kept in order until there is room).
+    backlog: VecDeque<squeue::Entry>,
+    cqes: Vec<cqueue::Entry>,
+    /// Recvs to re-arm after the current batch: (id, gen).
+    rearm: Vec<(u32, u32)>,
+    /// Recvs that found the buffer ring empty. Re-armed after the batch, when every buffer is
+    /// back in the ring, at most one per buffer: a re-arm into an empty ring fails at once,
+    /// and re-arming in the batch is the ENOBUFS storm of IO_URING_NOTES.md.
+    starved: VecDeque<(u32, u32)>,
+    released: Vec<usize>,
+    stats: Stats,
+}
+
+/// Counters shown in `Debug`, for diagnosis.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    enobufs: u64,
+    stale: u64,
+    cq_overflow: u64,
+    backlogged: u64,
+}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uring")
+            .field("ring_flags", &self.taskrun.flags())
+            .field("sq_entries", &self.ring.params().sq_entries())
+            .field("cq_entries", &self.ring.params().cq_entries())
+            .field("fixed_files", &self.fixed_files)
+            .field("buffers", &self.bufs)
+            .field("accept", &self.accept)
+            .field("live", &self.conns.iter().filter(|c| c.has(LIVE)).count())
+            .field("sockopt_cmd", &self.sockopt_cmd)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Uring {
+    /// A ring serving `listener` (bound, listening, non-blocking). Call it on the worker's
+    /// thread: the ring is set up for a single issuer.
+    pub fn new(listener: TcpListener, waker: Waker, settings: &Settings) -> io::Result<Self> {
+        let sq = settings.ring_entries.clamp(64, 32_768);
+        let cq = sq.saturating_mul(4).min(MAX_CQ_ENTRIES);
+        let (ring, taskrun) = setup::build_ring(sq, cq)?;
+        let bufs = BufRing::new(settings.recv_buffers, settings.recv_buffer_size)?;
+        let sockopt_cmd = setup::has_uring_cmd(&ring);
+        let mut this = Uring {
+            ring,
+            bufs,
+            taskrun,
+            listener: None,
+            accept: Accept::Stopped,
+            waker,
+            conns: Vec::new(),
+            fixed_files: 0,
+            sockopt_cmd,
+            backlog: VecDeque::new(),
+            cqes: Vec::with_capacity(256),
+            rearm: Vec::new(),
+            starved: VecDeque::new(),
+            released: Vec::new(),
+            stats: Stats::default(),
+        };
+        this.fixed_files = setup::register_files(&this.ring, settings.max_connections_per_worker)?;
+        // SAFETY: `this` owns both; its Drop unregisters the group after cancelling every
+        // operation, and the ring field is closed before the buffers are freed.
+        unsafe { this.bufs.register(&this.ring.submitter())? };
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux: every kernel gets
+        // it even where the per-connection uring_cmd is missing.
+        set_option(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, &ONE);
+        this.listener = Some(listener);
+        this.arm_waker();
+        this.arm_accept();
+        Ok(this)
+    }
+
+    /// Queues a submission; when the SQ is full, submits what it holds first (every consumed
+    /// completion is already released: `reap` copies them out before dispatching), and when
+    /// even that fails keeps it, in order, for the next `poll`.
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            // SAFETY: every entry built here points at memory valid until its completion: a
+            // connection's in-flight send buffer (kept by `SendQueue::begin` until `complete`,
+            // and the id is not released before the completion), or statics.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+        }
+        self.stats.backlogged += 1;
+        self.backlog.push_back(entry);
+    }
+
+    /// Moves backlogged submissions into the SQ, submitting when it fills.
+    fn drain_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: see `push`.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                if self.ring.submit().is_err() || self.ring.submission().is_full() {
+                    return;
+                }
+                continue;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Submits everything and, if `timeout` is not zero, waits for a completion or the timeout.
+    /// Always asks for completions: with DEFER_TASKRUN that is what runs the kernel's pending
+    /// completion work (and flushes an overflowed CQ).
+    fn enter(&mut self, timeout: Duration) -> io::Result<()> {
+        self.drain_backlog();
+        let to_submit = self.ring.submission().len() as u32;
+        let want = u32::from(!timeout.is_zero());
+        let timespec = Timespec::from(timeout.min(MAX_WAIT));
+        let args = SubmitArgs::new().timespec(&timespec);
+        let mut flags = EnterFlags::GETEVENTS | EnterFlags::EXT_ARG;
+        if self.ring.params().is_feature_no_iowait() {
+            // The wait is idle time, not I/O: keep it out of iowait.
+            flags |= EnterFlags::NO_IOWAIT;
+        }
+        // SAFETY: EXT_ARG with a live `io_uring_getevents_arg` (SubmitArgs is a transparent
+        // wrapper of it) whose timespec outlives the call; the ring is ours.
+        let entered =
+            unsafe { self.ring.submitter().enter(to_submit, want, flags.bits(), Some(&args)) };
+        match entered {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // A signal, the timeout, or no room for completions yet: reap and go on.
+                Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                Some(libc::EBADR) => {
+                    // The kernel dropped completions (it could not even queue the overflow):
+                    // some connections may never be released. Say so; keep serving.
+                    crate::log_rate_limited("io_uring dropped completions", &e);
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Copies every available completion out and releases the CQ slots.
+    fn reap(&mut self) {
+        self.cqes.clear();
+        self.cqes.extend(self.ring.completion());
+    }
+
+    fn arm_waker(&mut self) {
+        let poll = opcode::PollAdd::new(Fd(self.waker.raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(Op::global(Kind::Waker).encode());
+        self.push(poll);
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else { return };
+        let accept = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
+            .allocate_file_index(true)
+            .build()
+            .user_data(Op::global(Kind::Accept).encode());
+        self.accept = Accept::Armed;
+        self.push(accept);
+    }
+
+    /// The live connection `op` was submitted for, if it is still that one.
+    fn current(&mut self, id: u32, gen: u32) -> Option<&mut Conn> {
+        self.conns.get_mut(id as usize).filter(|c| c.has(LIVE) && c.gen == gen)
+    }
+
+    fn op(&self, kind: Kind, id: usize) -> Op {
+        Op::conn(kind, id as u32, self.conns[id].gen)
+    }
+
+    /// Queues `entry` as one more operation `id` waits for.
+    fn push_counted(&mut self, id: usize, entry: squeue::Entry) {
+        self.conns[id].ops += 1;
+        self.push(entry);
+    }
+
+    /// Submits an option set through the socket uring_cmd on `id`'s direct descriptor. Counted
+    /// like any operation on the slot (see `close_slot`).
+    fn set_option_cmd(
+        &mut self,
+        id: usize,
+        level: i32,
+        name: i32,
+        value: *const libc::c_void,
+        len: u32,
+    ) {
+        if !self.sockopt_cmd {
+            return;
+        }
+        let entry = opcode::SetSockOpt::new(
+            Fixed(self.conns[id].slot),
+            level as u32,
+            name as u32,
+            value,
+            len,
+        )
+        .build()
+        .user_data(self.op(Kind::SockOpt, id).encode());
+        self.push_counted(id, entry);
+    }
+
+    fn arm_recv(&mut self, id: usize) {
+        let recv = opcode::RecvMulti::new(Fixed(self.conns[id].slot), GROUP)
+            .build()
+            .user_data(self.op(Kind::Recv, id).encode());
+        self.conns[id].flags |= RECV;
+        self.push_counted(id, recv);
+    }
+
+    fn cancel(&mut self, id: usize, target: Kind) {
+        let cancel = opcode::AsyncCancel::new(self.op(target, id).encode())
+            .build()
+            .user_data(self.op(Kind::Cancel, id).encode());
+        self.push_counted(id, cancel);
+    }
+
+    fn send(&mut self, id: usize, bytes: &[u8]) {
+        // A longer buffer goes out in several sends (the rest comes back from `complete`).
+        let len = bytes.len().min(u32::MAX as usize) as u32;
+        // MSG_WAITALL: the kernel retries a short send itself instead of completing early.
+        let send = opcode::Send::new(Fixed(self.conns[id].slot), bytes.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+            .build()
+            .user_data(self.op(Kind::Send, id).encode());
+        self.conns[id].flags |= SEND;
+        self.push_counted(id, send);
+    }
+
+    fn rearm_later(&mut self, id: usize) {
+        let conn = &mut self.conns[id];
+        if !conn.has(REARM) {
+            conn.flags |= REARM;
+            self.rearm.push((id as u32, conn.gen));
+        }
+    }
+
+    /// One operation of `id` delivered its final completion. When it was the last one of a
+    /// connection being torn down, closes its slot, or releases the id if that was the close.
+    fn op_done(&mut self, id: usize) {
+        let conn = &mut self.conns[id];
+        conn.ops = conn.ops.saturating_sub(1);
+        if conn.ops != 0 || !conn.has(TEARDOWN) {
+            return;
+        }
+        if conn.has(CLOSED) {
+            *conn = Conn { gen: conn.gen.wrapping_add(1) & GEN_MASK, ..Conn::default() };
+            self.released.push(id);
+        } else {
+            self.close_slot(id);
+        }
+    }
+
+    /// The peer is gone. Reported to the driver once, unless the worker already closed the id
+    /// (then this is the EOF a graceful close waits for).
+    fn hang_up(&mut self, id: usize, driver: &mut dyn Driver) {
+        let conn = &mut self.conns[id];
+        if conn.has(HUNG_UP) {
+            return;
+        }
+        conn.flags |= HUNG_UP;
+        if conn.has(CLOSING) {
+            self.advance_close(id);
+        } else {
+            driver.on_hangup(id);
+        }
+    }
+
+    /// Moves a graceful close on: after the last send, shut the write side and read until the
+    /// peer's EOF (discarding), then tear down. A peer that already closed its side (or failed)
+    /// needs no shutdown: tear down after the last send.
+    fn advance_close(&mut self, id: usize) {
+        let conn = self.conns[id];
+        if !conn.has(CLOSING) || conn.has(TEARDOWN | SEND) {
+            return;
+        }
+        if conn.has(HUNG_UP) {
+            self.teardown(id, false);
+            return;
+        }
+        if !conn.has(SHUT) {
+            self.conns[id].flags |= SHUT;
+            let shutdown = opcode::Shutdown::new(Fixed(conn.slot), libc::SHUT_WR)
+                .build()
+                .user_data(self.op(Kind::Shutdown, id).encode());
+            self.push_counted(id, shutdown);
+        }
+        if self.conns[id].wants_recv() {
+            self.arm_recv(id);
+        }
+    }
+
+    /// Cancels whatever `id` has in flight; once the last of it completed, closes the direct
+    /// descriptor (`close_slot`), and once that completed, releases the id.
+    fn teardown(&mut self, id: usize, hard: bool) {
+        let conn = self.conns[id];
+        if conn.has(TEARDOWN) {
+            return;
+        }
+        self.conns[id].flags |= TEARDOWN;
+        if hard && !conn.has(HUNG_UP) {
+            // Unread data or an unresponsive peer: reset rather than linger in FIN_WAIT.
+            let linger = (&LINGER_NOW as *const libc::linger).cast();
+            let len = std::mem::size_of::<libc::linger>() as u32;
+            self.set_option_cmd(id, libc::SOL_SOCKET, libc::SO_LINGER, linger, len);
+        }
+        if conn.has(RECV) && !conn.has(RECV_CANCEL) {
+            self.conns[id].flags |= RECV_CANCEL;
+            self.cancel(id, Kind::Recv);
+        }
+        if conn.has(SEND) {
+            self.cancel(id, Kind::Send);
+        }
+        self.close_slot(id);
+    }
+
+    /// Closes `id`'s direct descriptor when nothing else of it is in flight. Not earlier: an
+    /// operation the kernel runs in its worker threads (shutdown always is) looks the slot up
+    /// only when it runs, and a slot closed by then may already hold the next connection.
+    fn close_slot(&mut self, id: usize) {
+        let conn = self.conns[id];
+        if !conn.has(TEARDOWN) || conn.has(CLOSED) || conn.ops != 0 {
+            return;
+        }
+        self.conns[id].flags |= CLOSED;
+        let close = opcode::Close::new(Fixed(conn.slot))
+            .build()
+            .user_data(self.op(Kind::Close, id).encode());
+        self.push_counted(id, close);
+    }
+
+    fn dispatch(&mut self, cqe: &cqueue::Entry, driver: &mut dyn Driver) {
+        let (res, flags) = (cqe.result(), cqe.flags());
+        let Some(op) = Op::decode(cqe.user_data()) else {
+            self.stats.stale += 1;
+            return;
+        };
+        match op.kind {
+            Kind::Accept => self.on_accept(res, flags, driver),
+            Kind::AcceptRetry => {
+                if self.accept == Accept::Retrying {
+                    self.arm_accept();
+                }
+            }
+            Kind::AcceptCancel | Kind::Refused => {}
+            Kind::Waker => {
+                self.waker.reset();
+                if !cqueue::more(flags) && res != -libc::EBADF && res != -libc::EINVAL {
+                    self.arm_waker();
+                }
+            }
+            Kind::Recv => self.on_recv(op, res, flags, driver),
+            Kind::Send => self.on_send(op, res, driver),
+            Kind::SockOpt if matches!(-res, libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY) => {
+                if self.sockopt_cmd {
+                    // Before 6.7 sockets had no uring_cmd: rely on the listener's TCP_NODELAY.
+                    self.sockopt_cmd = false;
+                    let e = io::Error::from_raw_os_error(-res);
+                    crate::log_rate_limited("setsockopt through io_uring unsupported", &e);
+                }
+                self.finish(op);
+            }
+            Kind::SockOpt | Kind::Shutdown | Kind::Cancel | Kind::Close => self.finish(op),
+        }
+    }
+
+    /// A connection's operation with nothing to do on completion but count it.
+    fn finish(&mut self, op: Op) {
+        if self.current(op.id, op.gen).is_some() {
+            self.op_done(op.id as usize);
+        } else {
+            self.stats.stale += 1;
+        }
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32, driver: &mut dyn Driver) {
+        if res >= 0 {
+            let slot = res as u32;
+            let id = match self.accept {
+                Accept::Armed => driver.on_accept(),
+                _ => None,
+            };
+            match id {
+                Some(id) if id < u32::MAX as usize => self.open(id, slot),
+                refused => {
+                    let close = opcode::Close::new(Fixed(slot))
+                        .build()
+                        .user_data(Op::global(Kind::Refused).encode());
+                    self.push(close);
+                    if let Some(id) = refused {
+                        // An id this backend cannot encode (never with a slab): give it back.
+                        driver.on_hangup(id);
+                        self.released.push(id);
+                    }
+                }
+            }
+        } else if res != -libc::ECANCELED {
+            crate::log_rate_limited("accept", &io::Error::from_raw_os_error(-res));
+        }
+        if cqueue::more(flags) {
+            return;
+        }
+        match self.accept {
+            Accept::Armed if res >= 0 => self.arm_accept(),
+            Accept::Armed => {
+                // EMFILE, ENFILE (the direct-descriptor table is full), ENOBUFS...: retry later.
+                self.accept = Accept::Retrying;
+                let timer = opcode::Timeout::new(&ACCEPT_RETRY)
+                    .build()
+                    .user_data(Op::global(Kind::AcceptRetry).encode());
+                self.push(timer);
+            }
+            Accept::Stopping => {
+                self.accept = Accept::Stopped;
+                self.listener = None;
+            }
+            Accept::Retrying | Accept::Stopped => {}
+        }
+    }
+
+    /// A connection accepted into direct descriptor `slot`, known to the worker as `id`.
+    fn open(&mut self, id: usize, slot: u32) {
+        if self.conns.len() <= id {
+            self.conns.resize(id + 1, Conn::default());
+        }
+        let conn = &mut self.conns[id];
+        debug_assert!(!conn.has(LIVE), "the worker reused id {id} before its release");
+        *conn = Conn { slot, gen: conn.gen, ops: 0, flags: LIVE };
+        let one = (&ONE as *const libc::c_int).cast();
+        self.set_option_cmd(id, libc::IPPROTO_TCP, libc::TCP_NODELAY, one, 4);
+        self.arm_recv(id);
+    }
+
+    fn on_recv(&mut self, op: Op, res: i32, flags: u32, driver: &mut dyn Driver) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let Some(conn) = self.current(op.id, op.gen) else {
+            // Never expected (the id is held until this recv's last completion), but the
+            // buffer must go back to the ring regardless.
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
+            self.stats.stale += 1;
+            return;
+        };
+        if !more {
+            conn.flags &= !(RECV | RECV_CANCEL);
+        }
+        let deliver = !conn.has(CLOSING | HUNG_UP | TEARDOWN);
+        let id = op.id as usize;
+        if res > 0 {
+            if let Some(bid) = bid {
+                if deliver {
+                    // SAFETY: the completion hands buffer `bid` to us; it goes back to the ring
+                    // only below, after the driver is done with it.
+                    if let Some(data) = unsafe { self.bufs.buffer(bid, res as usize) } {
+                        driver.on_data(id, data);
+                    }
+                }
+                self.bufs.give_back(bid);
+            }
+            if !more {
+                self.rearm_later(id);
+            }
+        } else {
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
+            match -res {
+                0 => self.hang_up(id, driver),
+                libc::ENOBUFS => {
+                    self.stats.enobufs += 1;
+                    if !more && !self.conns[id].has(REARM) {
+                        self.conns[id].flags |= REARM;
+                        self.starved.push_back((op.id, op.gen));
+                    }
+                }
+                // Paused or closing (re-armed if that changed since), or nothing to worry about.
+                libc::ECANCELED | libc::EINTR | libc::EAGAIN => {
+                    if !more {
+                        self.rearm_later(id);
+                    }
+                }
+                _ => self.hang_up(id, driver),
+            }
+        }
+        if !more {
+            self.op_done(id);
+        }
+    }
+
+    fn on_send(&mut self, op: Op, res: i32, driver: &mut dyn Driver) {
+        let Some(conn) = self.current(op.id, op.gen) else {
+            self.stats.stale += 1;
+            return;
+        };
+        conn.flags &= !SEND;
+        let id = op.id as usize;
+        let conn = *conn;
+        let failed = res <= 0;
+        if failed {
+            self.conns[id].flags |= BROKEN;
+        }
+        let mut done = false;
+        if let Some(queue) = driver.queue(id) {
+            if failed {
+                // Nothing more will go out: drop what is in flight and queued, so the queue is
+                // neither stuck busy nor kept for a flush that would fail again.
+                let _ = queue.complete(usize::MAX);
+                queue.consume(usize::MAX);
+                done = true;
+            } else if let Some(rest) = queue.complete(res as usize) {
+                if conn.has(TEARDOWN) {
+                    let _ = queue.complete(usize::MAX);
+                    done = true;
+                } else {
+                    self.send(id, rest);
+                }
+            } else {
+                done = true;
+                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) {
+                    // Bytes queued while this send was in flight must leave before the FIN.
+                    if let Some(bytes) = queue.begin() {
+                        self.send(id, bytes);
+                    }
+                }
+            }
+        }
+        if failed && res != -libc::ECANCELED {
+            self.hang_up(id, driver);
+        }
+        if done && !failed && !self.conns[id].has(TEARDOWN) {
+            driver.on_sent(id);
+        }
+        self.advance_close(id);
+        self.op_done(id);
+    }
+
+    /// After a batch: re-arm the recvs that ended, and as many ENOBUFS ones as the ring has
+    /// buffers (all of them: each went back right after its `on_data`).
+    fn rearm_recvs(&mut self) {
+        let mut rearm = std::mem::take(&mut self.rearm);
+        for (id, gen) in rearm.drain(..) {
+            if let Some(conn) = self.current(id, gen) {
+                conn.flags &= !REARM;
+                if conn.wants_recv() {
+                    self.arm_recv(id as usize);
+                }
+            }
+        }
+        self.rearm = rearm;
+        let mut buffers = self.bufs.count();
+        while buffers > 0 {
+            let Some((id, gen)) = self.starved.pop_front() else { break };
+            if let Some(conn) = self.current(id, gen) {
+                conn.flags &= !REARM;
+                if conn.wants_recv() {
+                    buffers -= 1;
+                    self.arm_recv(id as usize);
+                }
+            }
+        }
+    }
+}
+
+impl Backend for Uring {
+    fn poll(&mut self, driver: &mut dyn Driver, timeout: Duration) -> io::Result<()> {
+        // Recvs still waiting for their ENOBUFS re-arm get it after the next batch: keep that
+        // batch from being a long wait.
+        let timeout = if self.starved.is_empty() { timeout } else { timeout.min(STARVED_WAIT) };
+        self.enter(timeout)?;
+        for _ in 0..MAX_ROUNDS {
+            self.reap();
+            if self.cqes.is_empty() {
+                // NODROP kept what did not fit in the CQ; entering again moves it in.
+                if !self.ring.submission().cq_overflow() {
+                    break;
+                }
+                self.stats.cq_overflow += 1;
+                self.enter(Duration::ZERO)?;
+                continue;
+            }
+            let batch = std::mem::take(&mut self.cqes);
+            for cqe in &batch {
+                self.dispatch(cqe, driver);
+            }
+            self.cqes = batch;
+        }
+        self.rearm_recvs();
+        let mut released = std::mem::take(&mut self.released);
+        for id in released.drain(..) {
+            driver.on_released(id);
+        }
+        self.released = released;
+        Ok(())
+    }
+
+    fn flush(&mut self, id: usize, queue: &mut SendQueue) {
+        let Some(conn) = self.conns.get(id).filter(|c| c.has(LIVE)) else { return };
+        if conn.has(BROKEN) {
+            queue.consume(usize::MAX);
+            return;
+        }
+        if conn.has(SEND | TEARDOWN | SHUT) {
+            return;
+        }
+        if let Some(bytes) = queue.begin() {
+            self.send(id, bytes);
+        }
+    }
+
+    fn set_reading(&mut self, id: usize, reading: bool) {
+        let Some(conn) = self.conns.get_mut(id).filter(|c| c.has(LIVE)) else { return };
+        if conn.has(CLOSING) {
+            // A closing connection reads (and discards) until the peer's EOF.
+            return;
+        }
+        if reading {
+            conn.flags &= !PAUSED;
+            if conn.wants_recv() {
+                self.arm_recv(id);
+            }
+        } else {
+            conn.flags |= PAUSED;
+            if conn.has(RECV) && !conn.has(RECV_CANCEL) {
+                // Multishot keeps delivering while data comes: only a cancel stops it. What
+                // arrives before the cancel lands is still delivered.
+                conn.flags |= RECV_CANCEL;
+                self.cancel(id, Kind::Recv);
+            }
+        }
+    }
+
+    fn close(&mut self, id: usize, hard: bool) {
+        let Some(conn) = self.conns.get_mut(id).filter(|c| c.has(LIVE)) else { return };
+        conn.flags = (conn.flags | CLOSING) & !PAUSED;
+        if hard {
+            self.teardown(id, true);
+        } else {
+            self.advance_close(id);
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        match self.accept {
+            Accept::Armed => {
+                self.accept = Accept::Stopping;
+                let cancel = opcode::AsyncCancel::new(Op::global(Kind::Accept).encode())
+                    .build()
+                    .user_data(Op::global(Kind::AcceptCancel).encode());
+                self.push(cancel);
+            }
+            Accept::Retrying => {
+                // No accept in the ring (the timer finds Stopped and does nothing).
+                self.accept = Accept::Stopped;
+                self.listener = None;
+            }
+            Accept::Stopping | Accept::Stopped => {}
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Operations may still point into the buffer ring and into send queues the worker
+        // frees after this: cancel them all and wait before anything is freed.
+        setup::quiesce(&self.ring);
+    }
+}
+
+/// setsockopt(2) of an int on a descriptor we hold; failure only costs the option.
+fn set_option(fd: std::os::fd::RawFd, level: i32, name: i32, value: &libc::c_int) {
+    // SAFETY: reads one int from a live reference; `fd` is open for the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}

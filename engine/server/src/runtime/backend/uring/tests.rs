@@ -1,0 +1,596 @@
+//! Tests of the backend alone, driven by a recording [`Driver`], then end-to-end tests through
+//! the public builder, run once per backend so both behave alike: a real server on 127.0.0.1,
+//! std sockets and the protocol crate as the client. Every read has a timeout, so a hang fails
+//! instead of stalling the suite.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringside_proto::handshake::{generate_key, parse_response, write_client_request};
+use ringside_proto::{CloseCode, Config, Connection, Event, Message, Role};
+
+use super::super::{Backend as _, Driver, SendQueue, Waker};
+use super::Uring;
+use crate::{Backend, Builder, Handler, Server, ServerHandle, Settings, WebSocket, Workers};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Records what the backend reports; ids are handed out in order.
+#[derive(Default)]
+struct Recorder {
+    next: usize,
+    events: Vec<String>,
+    data: Vec<u8>,
+    queues: Vec<SendQueue>,
+}
+
+impl Driver for Recorder {
+    fn on_accept(&mut self) -> Option<usize> {
+        self.next += 1;
+        self.queues.push(SendQueue::default());
+        self.events.push(format!("accept {}", self.next - 1));
+        Some(self.next - 1)
+    }
+    fn on_data(&mut self, _id: usize, data: &mut [u8]) {
+        self.data.extend_from_slice(data);
+    }
+    fn on_hangup(&mut self, id: usize) {
+        self.events.push(format!("hangup {id}"));
+    }
+    fn queue(&mut self, id: usize) -> Option<&mut SendQueue> {
+        self.queues.get_mut(id)
+    }
+    fn on_sent(&mut self, id: usize) {
+        self.events.push(format!("sent {id}"));
+    }
+    fn on_released(&mut self, id: usize) {
+        self.events.push(format!("released {id}"));
+    }
+}
+
+/// A bare backend on a fresh listener; `None` (said out loud) if io_uring cannot run here.
+fn bare() -> Option<(Uring, SocketAddr)> {
+    if let Err(why) = crate::runtime::probe_uring(&Settings::default()) {
+        eprintln!("SKIPPED: io_uring unavailable: {why}");
+        return None;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = Settings { recv_buffers: 8, recv_buffer_size: 4096, ..Settings::default() };
+    Some((Uring::new(listener, Waker::new().unwrap(), &settings).unwrap(), addr))
+}
+
+/// Polls until `done` holds (bounded).
+fn poll_until(ring: &mut Uring, driver: &mut Recorder, mut done: impl FnMut(&Recorder) -> bool) {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while !done(driver) {
+        assert!(Instant::now() < deadline, "timed out; events so far: {:?}", driver.events);
+        ring.poll(driver, Duration::from_millis(10)).unwrap();
+    }
+}
+
+#[test]
+fn debug_shows_the_ring_flags_obtained() {
+    let Some((ring, _)) = bare() else { return };
+    let shown = format!("{ring:?}");
+    eprintln!("{shown}");
+    assert!(shown.contains("ring_flags"), "{shown}");
+    assert_eq!(ring.name(), "io_uring");
+}
+
+#[test]
+fn graceful_close_sends_then_shuts_down_and_releases_after_the_peer_closes() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    peer.write_all(b"ping").unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.data == b"ping");
+    driver.queues[0].pending.extend_from_slice(b"pong");
+    ring.flush(0, &mut driver.queues[0]);
+    ring.close(0, false);
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"sent 0".to_string()));
+    // The shutdown was queued by that completion; the next poll submits it.
+    ring.poll(&mut driver, Duration::ZERO).unwrap();
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"pong", "the bytes, then our FIN");
+    assert!(!driver.events.iter().any(|e| e.starts_with("released")), "not before the peer's FIN");
+    drop(peer);
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"released 0".to_string()));
+    assert_eq!(driver.events, ["accept 0", "sent 0", "released 0"], "no hang-up after close");
+}
+
+#[test]
+fn peer_reset_is_one_hangup_then_release_after_close() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let peer = TcpStream::connect(addr).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    drop(peer);
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"hangup 0".to_string()));
+    ring.close(0, false);
+    ring.close(0, true); // the worker's second, hard call must be harmless
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"released 0".to_string()));
+    assert_eq!(driver.events, ["accept 0", "hangup 0", "released 0"]);
+}
+
+#[test]
+fn half_closed_peer_still_gets_what_is_queued() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    peer.write_all(b"bye").unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"hangup 0".to_string()));
+    assert_eq!(driver.data, b"bye");
+    // As the worker does after the hang-up: flush the reply, then close gracefully.
+    driver.queues[0].pending.extend_from_slice(b"see you");
+    ring.flush(0, &mut driver.queues[0]);
+    ring.close(0, false);
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"released 0".to_string()));
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"see you");
+    assert_eq!(driver.events, ["accept 0", "hangup 0", "sent 0", "released 0"]);
+}
+
+#[test]
+fn hard_close_resets_a_peer_that_keeps_the_connection_open() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    ring.set_reading(0, false);
+    peer.write_all(&[7; 10_000]).unwrap();
+    ring.close(0, true);
+    poll_until(&mut ring, &mut driver, |d| d.events.contains(&"released 0".to_string()));
+    let mut byte = [0; 1];
+    match peer.read(&mut byte) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset (SO_LINGER 0), got {other:?}"),
+    }
+}
+
+#[test]
+fn paused_connection_gets_no_data_until_resumed() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let mut peer = TcpStream::connect(addr).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    ring.set_reading(0, false);
+    // Let the cancel land before anything arrives.
+    for _ in 0..5 {
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+    }
+    peer.write_all(b"held back").unwrap();
+    for _ in 0..10 {
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+    }
+    assert!(driver.data.is_empty(), "paused, yet got {:?}", driver.data);
+    ring.set_reading(0, true);
+    poll_until(&mut ring, &mut driver, |d| d.data == b"held back");
+}
+
+#[test]
+fn stop_accepting_closes_the_listener() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    ring.stop_accepting();
+    poll_until(&mut ring, &mut driver, |_| true);
+    let deadline = Instant::now() + READ_TIMEOUT;
+    // The listener closes once the cancel completes.
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting");
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+    }
+    assert_eq!(driver.next, 0, "no connection handed out after stop_accepting");
+}
+
+#[test]
+fn waker_ends_the_wait_from_another_thread() {
+    let Some((mut ring, _)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let waker = ring.waker.clone();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        waker.wake();
+    });
+    ring.poll(&mut driver, Duration::from_secs(10)).unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "woken after {waited:?}");
+    // And again: the multishot poll stays armed, the eventfd was reset.
+    let waker = ring.waker.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        waker.wake();
+    });
+    let started = Instant::now();
+    ring.poll(&mut driver, Duration::from_secs(10)).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Echoes every message; counts closes by code.
+#[derive(Clone, Default)]
+struct Echo {
+    closes: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Handler for Echo {
+    fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
+        let _ = ws.send(msg);
+    }
+
+    fn on_close(&mut self, _ws: &mut WebSocket<'_>, code: CloseCode, _reason: &str) {
+        self.closes.lock().unwrap().push(code.0);
+    }
+}
+
+fn builder(backend: Backend) -> Builder {
+    Server::builder()
+        .bind("127.0.0.1:0")
+        .unwrap()
+        .backend(backend)
+        .workers(Workers::Count(1))
+        .pin(false)
+}
+
+/// Starts `echo` on `backend`; `None` (said out loud) if io_uring cannot run here.
+fn start(
+    backend: Backend,
+    tune: impl FnOnce(Builder) -> Builder,
+    echo: Echo,
+) -> Option<ServerHandle> {
+    if backend == Backend::IoUring {
+        if let Err(why) = crate::runtime::probe_uring(&Settings::default()) {
+            eprintln!("SKIPPED: io_uring unavailable: {why}");
+            return None;
+        }
+    }
+    let handle = tune(builder(backend)).build(move || echo.clone()).unwrap().spawn().unwrap();
+    assert_eq!(handle.backend(), if backend == Backend::IoUring { "io_uring" } else { "epoll" });
+    Some(handle)
+}
+
+/// What the client got, owned.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Text(String),
+    Binary(Vec<u8>),
+    Close(Option<u16>),
+    Eof,
+}
+
+struct Client {
+    stream: TcpStream,
+    ws: Connection,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let key = generate_key();
+        let mut request = Vec::new();
+        write_client_request(&addr.to_string(), "/", &key, &[], &[], &mut request);
+        stream.write_all(&request).unwrap();
+        let mut buf = vec![0; 64 << 10];
+        let mut end = 0;
+        let head_len = loop {
+            let n = stream.read(&mut buf[end..]).expect("handshake response");
+            assert!(n > 0, "server closed during the handshake");
+            end += n;
+            if let Some(accepted) = parse_response(&buf[..end], &key, &[]).unwrap() {
+                break accepted.head_len;
+            }
+        };
+        Client {
+            stream,
+            ws: Connection::new(Role::Client, Config::default()),
+            buf,
+            start: head_len,
+            end,
+        }
+    }
+
+    fn send_text(&mut self, text: &str) {
+        self.ws.send_text(text).unwrap();
+        let out = self.ws.take_output();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn close(&mut self, code: CloseCode) {
+        self.ws.close(code, "").unwrap();
+        let out = self.ws.take_output();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// The next message, close frame or EOF; answers what the protocol answers (the close echo).
+    fn next(&mut self) -> io::Result<Got> {
+        loop {
+            while self.start < self.end {
+                let (n, got) = match self.ws.read(&mut self.buf[self.start..self.end]) {
+                    Ok((n, event)) => (n, event.and_then(own)),
+                    Err(e) => panic!("bad frames from the server: {e}"),
+                };
+                self.start += n;
+                let reply = self.ws.take_output();
+                if !reply.is_empty() {
+                    let _ = self.stream.write_all(&reply);
+                }
+                if let Some(got) = got {
+                    return Ok(got);
+                }
+            }
+            self.start = 0;
+            self.end = 0;
+            let n = self.stream.read(&mut self.buf)?;
+            if n == 0 {
+                return Ok(Got::Eof);
+            }
+            self.end = n;
+        }
+    }
+}
+
+fn own(event: Event<'_>) -> Option<Got> {
+    match event {
+        Event::Message(Message::Text(t)) => Some(Got::Text(t.to_owned())),
+        Event::Message(Message::Binary(b)) => Some(Got::Binary(b.to_vec())),
+        Event::Close(frame) => Some(Got::Close(frame.map(|f| f.code.0))),
+        Event::Ping(_) | Event::Pong(_) => None,
+    }
+}
+
+/// Waits (bounded) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Shuts down and checks it was prompt: every connection was released.
+fn shut(handle: ServerHandle) {
+    let started = Instant::now();
+    handle.shutdown().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
+}
+
+fn big_text(len: usize) -> String {
+    (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect()
+}
+
+fn echoes_small_and_large_messages(backend: Backend) {
+    let Some(handle) = start(backend, |b| b, Echo::default()) else { return };
+    let mut client = Client::connect(handle.local_addr());
+    client.send_text("hello");
+    assert_eq!(client.next().unwrap(), Got::Text("hello".into()));
+    // Past the 1 MiB high-water mark: the server pauses reading while it sends it back.
+    let big = big_text(1 << 20);
+    client.send_text(&big);
+    assert_eq!(client.next().unwrap(), Got::Text(big));
+    for i in 0..50 {
+        client.send_text(&format!("message {i}"));
+    }
+    for i in 0..50 {
+        assert_eq!(client.next().unwrap(), Got::Text(format!("message {i}")));
+    }
+    drop(client);
+    shut(handle);
+}
+
+fn serves_200_connections_at_once(backend: Backend) {
+    let Some(handle) = start(backend, |b| b, Echo::default()) else { return };
+    let mut clients: Vec<Client> = (0..200).map(|_| Client::connect(handle.local_addr())).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send_text(&format!("client {i}"));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.next().unwrap(), Got::Text(format!("client {i}")));
+    }
+    drop(clients);
+    shut(handle);
+}
+
+fn client_gone_mid_message_is_a_hangup(backend: Backend) {
+    let echo = Echo::default();
+    let Some(handle) = start(backend, |b| b, echo.clone()) else { return };
+    let mut client = Client::connect(handle.local_addr());
+    client.ws.send_text(&big_text(100_000)).unwrap();
+    let frame = client.ws.take_output();
+    client.stream.write_all(&frame[..50_000]).unwrap();
+    drop(client);
+    eventually("the hang-up", || echo.closes.lock().unwrap().contains(&1006));
+    // The server still serves.
+    let mut other = Client::connect(handle.local_addr());
+    other.send_text("still here");
+    assert_eq!(other.next().unwrap(), Got::Text("still here".into()));
+    drop(other);
+    shut(handle);
+}
+
+fn close_handshake_then_eof(backend: Backend) {
+    let echo = Echo::default();
+    let Some(handle) = start(backend, |b| b, echo.clone()) else { return };
+    let mut client = Client::connect(handle.local_addr());
+    client.send_text("before");
+    assert_eq!(client.next().unwrap(), Got::Text("before".into()));
+    client.close(CloseCode::NORMAL);
+    assert_eq!(client.next().unwrap(), Got::Close(Some(1000)));
+    assert_eq!(client.next().unwrap(), Got::Eof, "the server closes TCP after the handshake");
+    assert_eq!(*echo.closes.lock().unwrap(), vec![1000]);
+    // The server waits for our FIN (up to its close timeout): give it.
+    drop(client);
+    shut(handle);
+}
+
+fn shutdown_sends_going_away(backend: Backend) {
+    let Some(handle) = start(backend, |b| b, Echo::default()) else { return };
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(handle.local_addr())).collect();
+    for client in &mut clients {
+        client.send_text("hi");
+        assert_eq!(client.next().unwrap(), Got::Text("hi".into()));
+    }
+    let stopping = std::thread::spawn(move || shut(handle));
+    for client in &mut clients {
+        // `next` answers the close frame, as a client would.
+        assert_eq!(client.next().unwrap(), Got::Close(Some(1001)));
+        assert_eq!(client.next().unwrap(), Got::Eof);
+    }
+    // The server waits for our FIN after the close handshake (up to its shutdown timeout).
+    drop(clients);
+    stopping.join().unwrap();
+}
+
+fn refuses_past_the_connection_cap(backend: Backend) {
+    let Some(handle) = start(backend, |b| b.max_connections_per_worker(1), Echo::default()) else {
+        return;
+    };
+    let mut first = Client::connect(handle.local_addr());
+    let mut second = TcpStream::connect(handle.local_addr()).unwrap();
+    second.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut byte = [0; 1];
+    // Closed without a byte: EOF, or a reset if our upgrade request raced the close.
+    assert!(matches!(second.read(&mut byte), Ok(0) | Err(_)));
+    first.send_text("first is fine");
+    assert_eq!(first.next().unwrap(), Got::Text("first is fine".into()));
+    drop(first);
+    shut(handle);
+}
+
+fn backpressure_pauses_and_resumes(backend: Backend) {
+    let tune = |b: Builder| b.send_high_water(64 << 10).send_limit(64 << 20);
+    let Some(handle) = start(backend, tune, Echo::default()) else { return };
+    let client = Client::connect(handle.local_addr());
+    // Write 8 MiB of 32 KiB messages without reading: the server's queue passes the high-water
+    // mark, it stops reading, TCP fills up, the writer blocks until the reader drains.
+    let mut writer = client.stream.try_clone().unwrap();
+    let mut ws = Connection::new(Role::Client, Config::default());
+    let message = big_text(32 << 10);
+    let sender = std::thread::spawn(move || {
+        for _ in 0..256 {
+            ws.send_text(&message).unwrap();
+            writer.write_all(&ws.take_output()).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = client;
+    let expected = big_text(32 << 10);
+    for _ in 0..256 {
+        assert_eq!(client.next().unwrap(), Got::Text(expected.clone()));
+    }
+    sender.join().unwrap();
+    drop(client);
+    shut(handle);
+}
+
+fn tiny_buffer_ring_still_delivers_everything(backend: Backend) {
+    // Two 4 KiB receive buffers for 16 busy connections: recvs find the ring empty (ENOBUFS)
+    // and must be re-armed without losing or reordering a byte.
+    let tune = |b: Builder| b.recv_buffers(2).recv_buffer_size(4096);
+    let Some(handle) = start(backend, tune, Echo::default()) else { return };
+    let addr = handle.local_addr();
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                for round in 0..8 {
+                    let text = format!("{i}:{round}:{}", big_text(20_000 + i * 100));
+                    client.send_text(&text);
+                    assert_eq!(client.next().unwrap(), Got::Text(text));
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    shut(handle);
+}
+
+fn unresponsive_peer_is_dropped_after_close_timeout(backend: Backend) {
+    let tune = |b: Builder| {
+        b.idle_timeout(Duration::from_secs(1))
+            .ping_idle(false)
+            .close_timeout(Duration::from_secs(1))
+    };
+    let echo = Echo::default();
+    let Some(handle) = start(backend, tune, echo.clone()) else { return };
+    let mut client = Client::connect(handle.local_addr());
+    let mut raw = [0u8; 256];
+    // The idle timeout sends close 1000; we never answer, so the close timeout drops TCP.
+    let n = client.stream.read(&mut raw).unwrap();
+    assert!(n >= 4 && raw[0] == 0x88, "expected a close frame, got {:?}", &raw[..n]);
+    match client.stream.read(&mut raw) {
+        Ok(0) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection dropped, got {other:?}"),
+    }
+    eventually("on_close", || !echo.closes.lock().unwrap().is_empty());
+    shut(handle);
+}
+
+fn broadcast_wakes_the_worker(backend: Backend) {
+    let Some(handle) = start(backend, |b| b, Echo::default()) else { return };
+    let mut client = Client::connect(handle.local_addr());
+    client.send_text("open");
+    assert_eq!(client.next().unwrap(), Got::Text("open".into()));
+    // From another thread: only the waker can end the worker's wait.
+    handle.broadcast(Message::Text("to all"));
+    assert_eq!(client.next().unwrap(), Got::Text("to all".into()));
+    drop(client);
+    shut(handle);
+}
+
+fn many_short_connections(backend: Backend) {
+    let Some(handle) = start(backend, |b| b, Echo::default()) else { return };
+    for i in 0..300 {
+        let mut client = Client::connect(handle.local_addr());
+        client.send_text(&format!("{i}"));
+        assert_eq!(client.next().unwrap(), Got::Text(format!("{i}")));
+        if i % 2 == 0 {
+            client.close(CloseCode::NORMAL);
+            assert_eq!(client.next().unwrap(), Got::Close(Some(1000)));
+        }
+    }
+    shut(handle);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring {
+            $(#[test] fn $name() { super::$name(crate::Backend::IoUring) })*
+        }
+        mod epoll {
+            $(#[test] fn $name() { super::$name(crate::Backend::Epoll) })*
+        }
+    };
+}
+
+on_both_backends!(
+    echoes_small_and_large_messages,
+    serves_200_connections_at_once,
+    client_gone_mid_message_is_a_hangup,
+    close_handshake_then_eof,
+    shutdown_sends_going_away,
+    refuses_past_the_connection_cap,
+    backpressure_pauses_and_resumes,
+    tiny_buffer_ring_still_delivers_everything,
+    unresponsive_peer_is_dropped_after_close_timeout,
+    broadcast_wakes_the_worker,
+    many_short_connections,
+);
