@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ringside_proto::frame::{self, OpCode};
 use ringside_proto::{CloseCode, Connection, Error, Message};
 
-use super::backend::SendQueue;
+use super::queue::{Pool, SendQueue};
 use super::Shared;
 use crate::server::{Settings, SlowConsumer};
 
@@ -79,8 +79,8 @@ pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     /// Connections with bytes to flush at the end of this iteration.
     pub dirty: Vec<usize>,
-    /// Idle send buffers, so idle connections hold none.
-    pub pool: Vec<Vec<u8>>,
+    /// Spare send queues, so idle connections hold none.
+    pub pool: Pool,
     /// Messages dropped by the `drop` slow-consumer policy.
     pub dropped: u64,
     pub now: u32,
@@ -95,25 +95,6 @@ impl Ctx {
         }
     }
 
-    /// A buffer for a queue that has none.
-    pub fn ensure_buffer(&mut self, queue: &mut SendQueue) {
-        if queue.pending.capacity() == 0 {
-            if let Some(buf) = self.pool.pop() {
-                queue.pending = buf;
-            }
-        }
-    }
-
-    /// Takes back the buffers of an idle queue.
-    pub fn recycle(&mut self, queue: &mut SendQueue) {
-        let (a, b) = queue.take_idle_buffers();
-        for mut buf in [a, b] {
-            if buf.capacity() > 0 && buf.capacity() <= 64 << 10 && self.pool.len() < 1024 {
-                buf.clear();
-                self.pool.push(buf);
-            }
-        }
-    }
 }
 
 /// The handle a callback gets for its connection.
@@ -181,11 +162,7 @@ impl WebSocket<'_> {
                 }
             }
         }
-        self.ctx.ensure_buffer(&mut self.io.queue);
-        let out = &mut self.io.queue.pending;
-        out.reserve(len);
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(payload);
+        self.io.queue.push_frame(&mut self.ctx.pool, header.as_bytes(), payload);
         self.ctx.mark_dirty(self.id, self.io);
         Ok(true)
     }

@@ -4,6 +4,7 @@
 
 pub(crate) mod backend;
 pub(crate) mod conn;
+pub(crate) mod queue;
 pub(crate) mod worker;
 
 use std::io;
@@ -11,6 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use ringside_proto::frame::{self, OpCode};
 use ringside_proto::Message;
@@ -25,7 +27,7 @@ use crate::server::{Backend, Handler, Running, ServerHandle, Settings, Workers};
 #[derive(Debug)]
 pub(crate) enum Command {
     /// An encoded frame for every open connection.
-    Broadcast(Arc<[u8]>),
+    Broadcast(Bytes),
 }
 
 /// What all workers and handles share.
@@ -56,9 +58,9 @@ impl Shared {
         };
         let mut bytes = Vec::with_capacity(msg.len() + 10);
         frame::write_frame(&mut bytes, true, opcode, None, msg.as_bytes());
-        let frame: Arc<[u8]> = bytes.into();
+        let frame = Bytes::from(bytes);
         for (inbox, waker) in self.inboxes.iter().zip(&self.wakers) {
-            if inbox.send(Command::Broadcast(Arc::clone(&frame))).is_ok() {
+            if inbox.send(Command::Broadcast(frame.clone())).is_ok() {
                 waker.wake();
             }
         }

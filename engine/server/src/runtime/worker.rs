@@ -19,6 +19,7 @@ use slab::Slab;
 
 use super::backend::{Backend, Driver, SendQueue};
 use super::conn::{Conn, Ctx, Phase, WebSocket};
+use super::queue::Pool;
 use super::{Command, Shared};
 use crate::server::{Handler, Settings, SlowConsumer, Upgrade};
 
@@ -61,7 +62,7 @@ impl<H: Handler> Core<H> {
                 settings,
                 shared,
                 dirty: Vec::new(),
-                pool: Vec::new(),
+                pool: Pool::default(),
                 dropped: 0,
                 now: 0,
             },
@@ -115,8 +116,7 @@ impl<H: Handler> Core<H> {
         let rest =
             if accepted && head_len < whole.len() { whole[head_len..].to_vec() } else { vec![] };
         let conn = &mut self.conns[id];
-        self.ctx.ensure_buffer(&mut conn.io.queue);
-        conn.io.queue.pending.extend_from_slice(&reply);
+        conn.io.queue.push(&mut self.ctx.pool, &reply);
         self.ctx.mark_dirty(id, &mut conn.io);
         if !accepted {
             conn.phase = Phase::Done;
@@ -179,8 +179,7 @@ impl<H: Handler> Core<H> {
             }
         }
         if !proto.output().is_empty() {
-            self.ctx.ensure_buffer(&mut conn.io.queue);
-            conn.io.queue.pending.extend_from_slice(proto.output());
+            conn.io.queue.push(&mut self.ctx.pool, proto.output());
             proto.consume_output(usize::MAX);
             self.ctx.mark_dirty(id, &mut conn.io);
         }
@@ -300,8 +299,7 @@ impl<H: Handler> Core<H> {
                         }
                         continue;
                     }
-                    self.ctx.ensure_buffer(&mut conn.io.queue);
-                    conn.io.queue.pending.extend_from_slice(&frame);
+                    conn.io.queue.push_shared(&mut self.ctx.pool, frame.clone());
                     self.ctx.mark_dirty(id, &mut conn.io);
                 }
                 for id in slow {
@@ -371,7 +369,8 @@ impl<H: Handler> Driver for Core<H> {
     fn on_released(&mut self, id: usize) {
         if self.conns.contains(id) {
             let mut conn = self.conns.remove(id);
-            self.ctx.recycle(&mut conn.io.queue);
+            conn.io.queue.discard();
+            conn.io.queue.recycle(&mut self.ctx.pool);
         }
     }
 }
@@ -459,9 +458,7 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
             core.callback(id, |h, ws| h.on_drain(ws));
         }
         if let Some(conn) = core.conns.get_mut(id) {
-            if conn.io.queue.is_empty() {
-                core.ctx.recycle(&mut conn.io.queue);
-            }
+            conn.io.queue.recycle(&mut core.ctx.pool);
         }
     }
     for (id, hard) in std::mem::take(&mut core.to_close) {

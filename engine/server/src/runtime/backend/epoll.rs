@@ -15,7 +15,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{Backend, Driver, SendQueue, Waker};
+use super::{Backend, Driver, Out, SendQueue, Waker};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -179,14 +179,24 @@ impl Epoll {
     /// Writes as much of the queue as the socket takes.
     fn write(&mut self, id: usize, queue: &mut SendQueue) {
         let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
-        while !queue.pending.is_empty() {
-            match conn.stream.write(&queue.pending) {
-                Ok(n) => queue.consume(n),
+        loop {
+            if queue.in_flight().is_none() && !queue.begin() {
+                break;
+            }
+            let written = match queue.in_flight() {
+                Some(Out::Buf(bytes)) => conn.stream.write(bytes),
+                Some(Out::Msg(msg)) => send_msg(conn.stream.as_raw_fd(), msg),
+                None => break,
+            };
+            match written {
+                Ok(n) => {
+                    queue.complete(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     // The peer is gone; drop what was queued, report the hang-up on next poll.
-                    queue.consume(usize::MAX);
+                    queue.discard();
                     if !conn.hung_up {
                         self.hangups.push(id);
                     }
@@ -194,7 +204,7 @@ impl Epoll {
                 }
             }
         }
-        conn.unsent = !queue.pending.is_empty();
+        conn.unsent = !queue.is_empty();
         if conn.closing && !conn.unsent {
             if conn.hung_up {
                 // The peer had already closed its side: everything is written, we are done.
@@ -302,6 +312,18 @@ impl Backend for Epoll {
 
     fn name(&self) -> &'static str {
         "epoll"
+    }
+}
+
+/// sendmsg(2) of a queue's iovecs; MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
+fn send_msg(fd: std::os::fd::RawFd, msg: &libc::msghdr) -> io::Result<usize> {
+    // SAFETY: `msg` and the iovecs it points to describe live buffers the queue holds until
+    // `complete`; the fd is open for the call.
+    let n = unsafe { libc::sendmsg(fd, msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

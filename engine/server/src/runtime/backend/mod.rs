@@ -22,6 +22,8 @@
 pub mod epoll;
 pub mod uring;
 
+pub use super::queue::{Out, SendQueue};
+
 use std::io;
 use std::time::Duration;
 
@@ -105,99 +107,5 @@ impl Waker {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from an eventfd we own; EAGAIN is fine.
         unsafe { libc::read(self.raw_fd(), (&mut value as *mut u64).cast(), 8) };
-    }
-}
-
-/// A connection's outgoing bytes, corked: everything written during one loop iteration leaves in
-/// one send.
-///
-/// Two buffers, so that a completion-based backend can hand one to the kernel and keep it
-/// untouched until the send completes, while the handler keeps writing into the other. Both come
-/// from and go back to the worker's buffer pool, so an idle connection holds no buffer.
-#[derive(Debug, Default)]
-pub struct SendQueue {
-    /// Where new frames are written.
-    pub pending: Vec<u8>,
-    /// Bytes handed to the kernel (completion backends only), and how many of them are sent.
-    inflight: Vec<u8>,
-    inflight_sent: usize,
-    busy: bool,
-}
-
-impl SendQueue {
-    /// Bytes queued and not yet sent.
-    pub fn len(&self) -> usize {
-        self.pending.len() + self.inflight.len() - self.inflight_sent
-    }
-
-    /// Whether nothing is queued or in flight.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Completion backends: moves the pending bytes in flight and returns them, to be handed to
-    /// the kernel. Returns `None` if a send is already in flight or nothing is pending. The
-    /// returned slice stays valid and unmoved until [`SendQueue::complete`] says it is all sent.
-    pub fn begin(&mut self) -> Option<&[u8]> {
-        if self.busy || self.pending.is_empty() {
-            return None;
-        }
-        std::mem::swap(&mut self.pending, &mut self.inflight);
-        self.inflight_sent = 0;
-        self.busy = true;
-        Some(&self.inflight)
-    }
-
-    /// Completion backends: `n` more bytes of the in-flight buffer were sent. Returns the rest
-    /// still to send (a short send), or `None` when the buffer is all sent and the queue is idle.
-    /// `usize::MAX` discards the rest (the peer is gone).
-    pub fn complete(&mut self, n: usize) -> Option<&[u8]> {
-        self.inflight_sent = self.inflight_sent.saturating_add(n).min(self.inflight.len());
-        if self.inflight_sent < self.inflight.len() {
-            return Some(&self.inflight[self.inflight_sent..]);
-        }
-        self.inflight.clear();
-        self.inflight_sent = 0;
-        self.busy = false;
-        None
-    }
-
-    /// Readiness backends: `n` bytes from the front of `pending` were written.
-    pub fn consume(&mut self, n: usize) {
-        if n >= self.pending.len() {
-            self.pending.clear();
-        } else {
-            self.pending.drain(..n);
-        }
-    }
-
-    /// Gives both buffers back (to a pool) when they are empty and nothing is in flight.
-    pub fn take_idle_buffers(&mut self) -> (Vec<u8>, Vec<u8>) {
-        if self.busy || !self.pending.is_empty() {
-            return (Vec::new(), Vec::new());
-        }
-        (std::mem::take(&mut self.pending), std::mem::take(&mut self.inflight))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn send_queue_keeps_inflight_bytes_still_while_writing_on() {
-        let mut q = SendQueue::default();
-        q.pending.extend_from_slice(b"hello");
-        let ptr = q.begin().unwrap().as_ptr();
-        q.pending.extend_from_slice(&[b'x'; 10_000]); // may reallocate `pending`, not inflight
-        assert!(q.begin().is_none(), "one send at a time");
-        assert_eq!(q.len(), 10_005);
-        assert_eq!(q.complete(2).map(|r| (r.as_ptr(), r.len())), Some((ptr.wrapping_add(2), 3)));
-        assert_eq!(q.complete(3), None);
-        assert!(!q.busy);
-        assert_eq!(q.begin().unwrap().len(), 10_000);
-        assert!(q.complete(1).is_some());
-        assert_eq!(q.complete(usize::MAX), None, "discarding after a short send");
-        assert!(q.is_empty());
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Operations: a multishot accept into direct descriptors (the ring's fixed-file table, so held
 //! connections take no slot in the process fd table), a multishot recv per connection selecting
-//! from one provided-buffer ring per worker, one `Send` at a time per connection straight from
-//! its [`SendQueue`], `Shutdown`, `AsyncCancel` and `Close` on the direct descriptor to close,
-//! and a multishot poll on the waker's eventfd. TCP_NODELAY is set on the listener (accepted
+//! from one provided-buffer ring per worker, one `Send` (or `SendMsg` over an iovec array, when
+//! shared frames are queued) at a time per connection straight from its [`SendQueue`],
+//! `Shutdown`, `AsyncCancel` and `Close` on the direct descriptor to close, and a multishot poll
+//! on the waker's eventfd. TCP_NODELAY is set on the listener (accepted
 //! sockets inherit it) and again per connection through the socket uring_cmd where the kernel
 //! has it (6.7+). One `io_uring_enter` per loop iteration submits everything and waits.
 //!
@@ -37,7 +38,7 @@ use self::buf_ring::{BufRing, GROUP};
 use self::op::{Kind, Op, GEN_MASK};
 pub use self::setup::probe;
 use self::setup::TaskRun;
-use super::{Backend, Driver, SendQueue, Waker};
+use super::{Backend, Driver, Out, SendQueue, Waker};
 use crate::server::Settings;
 
 /// The largest completion queue asked for: the kernel's IORING_MAX_CQ_ENTRIES.
@@ -218,8 +219,8 @@ impl Uring {
     fn push(&mut self, entry: squeue::Entry) {
         if self.backlog.is_empty() {
             // SAFETY: every entry built here points at memory valid until its completion: a
-            // connection's in-flight send buffer (kept by `SendQueue::begin` until `complete`,
-            // and the id is not released before the completion), or statics.
+            // connection's in-flight send bytes, iovecs and msghdr (kept by `SendQueue::begin`
+            // until `complete`, and the id is not released before the completion), or statics.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
@@ -360,14 +361,19 @@ impl Uring {
         self.push_counted(id, cancel);
     }
 
-    fn send(&mut self, id: usize, bytes: &[u8]) {
-        // A longer buffer goes out in several sends (the rest comes back from `complete`).
-        let len = bytes.len().min(u32::MAX as usize) as u32;
+    fn send(&mut self, id: usize, out: Out<'_>) {
+        let fd = Fixed(self.conns[id].slot);
         // MSG_WAITALL: the kernel retries a short send itself instead of completing early.
-        let send = opcode::Send::new(Fixed(self.conns[id].slot), bytes.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-            .build()
-            .user_data(self.op(Kind::Send, id).encode());
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        let send = match out {
+            Out::Buf(bytes) => {
+                // A longer buffer goes out in several sends (the rest comes back from the queue).
+                let len = bytes.len().min(u32::MAX as usize) as u32;
+                opcode::Send::new(fd, bytes.as_ptr(), len).flags(flags).build()
+            }
+            Out::Msg(msg) => opcode::SendMsg::new(fd, msg).flags(flags as u32).build(),
+        };
+        let send = send.user_data(self.op(Kind::Send, id).encode());
         self.conns[id].flags |= SEND;
         self.push_counted(id, send);
     }
@@ -651,22 +657,21 @@ impl Uring {
             if failed {
                 // Nothing more will go out: drop what is in flight and queued, so the queue is
                 // neither stuck busy nor kept for a flush that would fail again.
-                let _ = queue.complete(usize::MAX);
-                queue.consume(usize::MAX);
+                queue.discard();
                 done = true;
-            } else if let Some(rest) = queue.complete(res as usize) {
+            } else if !queue.complete(res as usize) {
                 if conn.has(TEARDOWN) {
-                    let _ = queue.complete(usize::MAX);
+                    queue.discard();
                     done = true;
-                } else {
+                } else if let Some(rest) = queue.in_flight() {
                     self.send(id, rest);
                 }
             } else {
                 done = true;
-                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) {
+                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) && queue.begin() {
                     // Bytes queued while this send was in flight must leave before the FIN.
-                    if let Some(bytes) = queue.begin() {
-                        self.send(id, bytes);
+                    if let Some(out) = queue.in_flight() {
+                        self.send(id, out);
                     }
                 }
             }
@@ -743,14 +748,16 @@ impl Backend for Uring {
     fn flush(&mut self, id: usize, queue: &mut SendQueue) {
         let Some(conn) = self.conns.get(id).filter(|c| c.has(LIVE)) else { return };
         if conn.has(BROKEN) {
-            queue.consume(usize::MAX);
+            queue.discard();
             return;
         }
         if conn.has(SEND | TEARDOWN | SHUT) {
             return;
         }
-        if let Some(bytes) = queue.begin() {
-            self.send(id, bytes);
+        if queue.begin() {
+            if let Some(out) = queue.in_flight() {
+                self.send(id, out);
+            }
         }
     }
 

@@ -40,10 +40,11 @@ impl TaskRun {
 /// Largest fixed-file table asked for (the kernel's own cap is 2^20 per ring too).
 const MAX_FIXED_FILES: u64 = 1 << 20;
 /// Opcodes the backend cannot run without.
-const REQUIRED: [(u8, &str); 8] = [
+const REQUIRED: [(u8, &str); 9] = [
     (opcode::AcceptMulti::CODE, "ACCEPT"),
     (opcode::RecvMulti::CODE, "RECV"),
     (opcode::Send::CODE, "SEND"),
+    (opcode::SendMsg::CODE, "SENDMSG"),
     (opcode::Shutdown::CODE, "SHUTDOWN"),
     (opcode::Close::CODE, "CLOSE"),
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),

@@ -12,6 +12,7 @@ use ringside_proto::handshake::{generate_key, parse_response, write_client_reque
 use ringside_proto::{CloseCode, Config, Connection, Event, Message, Role};
 
 use super::super::{Backend as _, Driver, SendQueue, Waker};
+use crate::runtime::queue::Pool;
 use super::Uring;
 use crate::{Backend, Builder, Handler, Server, ServerHandle, Settings, WebSocket, Workers};
 
@@ -90,7 +91,7 @@ fn graceful_close_sends_then_shuts_down_and_releases_after_the_peer_closes() {
     poll_until(&mut ring, &mut driver, |d| d.next == 1);
     peer.write_all(b"ping").unwrap();
     poll_until(&mut ring, &mut driver, |d| d.data == b"ping");
-    driver.queues[0].pending.extend_from_slice(b"pong");
+    driver.queues[0].push(&mut Pool::default(), b"pong");
     ring.flush(0, &mut driver.queues[0]);
     ring.close(0, false);
     poll_until(&mut ring, &mut driver, |d| d.events.contains(&"sent 0".to_string()));
@@ -131,7 +132,7 @@ fn half_closed_peer_still_gets_what_is_queued() {
     poll_until(&mut ring, &mut driver, |d| d.events.contains(&"hangup 0".to_string()));
     assert_eq!(driver.data, b"bye");
     // As the worker does after the hang-up: flush the reply, then close gracefully.
-    driver.queues[0].pending.extend_from_slice(b"see you");
+    driver.queues[0].push(&mut Pool::default(), b"see you");
     ring.flush(0, &mut driver.queues[0]);
     ring.close(0, false);
     poll_until(&mut ring, &mut driver, |d| d.events.contains(&"released 0".to_string()));
