@@ -59,6 +59,10 @@ pub struct Common {
     /// 25,000 connections).
     #[arg(long)]
     pub source_addrs: Option<u32>,
+    /// Let the kernel pick local ports (IP_BIND_ADDRESS_NO_PORT) instead of assigning each
+    /// connection its own; the kernel's search slows down badly past ~100k connections.
+    #[arg(long)]
+    pub kernel_ports: bool,
     /// Child processes (default: enough that each stays under the open-file limit).
     #[arg(long)]
     pub procs: Option<usize>,

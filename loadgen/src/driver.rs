@@ -20,7 +20,7 @@ use ringside_proto::handshake::{generate_key, parse_response, write_client_reque
 use ringside_proto::{CloseCode, OpCode};
 use socket2::Socket;
 
-use crate::plan::source_for;
+use crate::plan::{source_for, Ports, PORT_ATTEMPTS};
 use crate::reader::{Frame, FrameReader};
 use crate::rng::Xorshift;
 use crate::stats::{Errors, Kind};
@@ -80,6 +80,7 @@ pub struct Config {
     pub connect_timeout_ns: u64,
     pub close_timeout_ns: u64,
     pub source_addrs: Vec<Ipv4Addr>,
+    pub ports: Option<Ports>,
 }
 
 /// One connection's state: about 250 bytes while idle, no heap.
@@ -139,8 +140,9 @@ pub struct Driver {
     close_deadlines: VecDeque<(u32, u32, u64)>,
     pub rng: Xorshift,
     pub errors: Errors,
-    /// Connections in Connecting or Handshaking, in Open, and not Free.
+    /// Connections in Connecting or Handshaking, in Closing or AwaitFin, in Open, and not Free.
     pub in_setup: usize,
+    pub closing: usize,
     pub open: usize,
     pub live: usize,
     pub closed_clean: u64,
@@ -165,6 +167,7 @@ impl Driver {
             rng: Xorshift::new(seed),
             errors: Errors::default(),
             in_setup: 0,
+            closing: 0,
             open: 0,
             live: 0,
             closed_clean: 0,
@@ -189,6 +192,8 @@ impl Driver {
         let from = std::mem::replace(&mut self.conns[id].state, to);
         let setup = |s| matches!(s, State::Connecting | State::Handshaking);
         self.in_setup = self.in_setup + usize::from(setup(to)) - usize::from(setup(from));
+        let closing = |s| matches!(s, State::Closing | State::AwaitFin);
+        self.closing = self.closing + usize::from(closing(to)) - usize::from(closing(from));
         self.open = self.open + usize::from(to == State::Open) - usize::from(from == State::Open);
         self.live = self.live + usize::from(to != State::Free) - usize::from(from != State::Free);
         self.opened_total += u64::from(to == State::Open && from != State::Open);
@@ -205,13 +210,23 @@ impl Driver {
         let c = &mut self.conns[id];
         c.gen = c.gen.wrapping_add(1);
         c.started_ns = now;
-        let source = source_for(g, &self.cfg.source_addrs);
-        let sock = match sys::start_connect(source, self.cfg.target.addr) {
-            Ok(sock) => sock,
-            Err(e) => {
-                self.errors.io(&e, "connect");
-                self.doom(id, End::Failed);
-                return;
+        let mut attempt = 0;
+        let sock = loop {
+            let source = source_for(g, &self.cfg.source_addrs, self.cfg.ports, attempt);
+            match sys::start_connect(source, self.cfg.target.addr) {
+                Ok(sock) => break sock,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL))
+                        && self.cfg.ports.is_some()
+                        && attempt + 1 < PORT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.errors.io(&e, "connect");
+                    self.doom(id, End::Failed);
+                    return;
+                }
             }
         };
         let fd = sock.as_raw_fd();
@@ -600,6 +615,15 @@ impl Driver {
                 End::Failed => self.failed_total += 1,
             }
             b.on_end(self, id, end, sys::now_ns());
+        }
+    }
+
+    /// Fails every connection still connecting or upgrading, as a timeout.
+    pub fn fail_in_setup(&mut self, why: &str) {
+        for id in 0..self.conns.len() {
+            if matches!(self.conns[id].state, State::Connecting | State::Handshaking) {
+                self.fail(id, Kind::Timeout, || why.to_string());
+            }
         }
     }
 

@@ -36,7 +36,8 @@ pub fn run(scenario: Scenario) -> Result<(), String> {
         // Connect churns through 4-tuples that linger in TIME_WAIT: spread it from the start.
         min_source_addrs: if matches!(scenario, Scenario::Connect(_)) { 16 } else { 1 },
         loopback: is_loopback_v4(target.addr.ip()),
-        ports: plan::ephemeral_ports(),
+        ports: plan::ephemeral_range(),
+        kernel_ports: common.kernel_ports,
     })?;
     let server = common.server_pid;
     let mut readings = Readings::default();
@@ -116,7 +117,12 @@ fn drive(
             rss_bytes: procfs::rss_bytes(pid).ok(),
         });
     }
-    let deadline = times.stop.max(times.t1) + 2 * secs_ns(common.close_timeout) + secs_ns(60.0);
+    // The parts' own bound on their close phase (see part.rs), plus a margin.
+    let closes = scenario.sockets() / common.max_pending.max(1) as u64 + longest_part;
+    let deadline = times.stop.max(times.t1)
+        + 2 * secs_ns(common.close_timeout)
+        + secs_ns(60.0)
+        + closes * 1_000_000;
     parts.wait(deadline, "finishing", |p| p.done.is_some())?;
     let mut tally = Tally::default();
     for p in &mut parts.state {
@@ -202,6 +208,7 @@ impl Parts {
                 threads: plan.threads,
                 cpus,
                 source_addrs: plan.source_addrs.clone(),
+                ports: plan.ports,
                 ramp_rate: scenario.ramp_rate() * share,
                 max_pending: ((common.max_pending as f64 * share).ceil() as usize).max(1),
                 parent_pid: std::process::id(),

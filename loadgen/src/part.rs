@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::Scenario;
 use crate::driver::Config;
-use crate::plan;
+use crate::plan::{self, Ports};
 use crate::stats::Tally;
 use crate::sys::{self, now_ns, secs_ns};
 use crate::target::Target;
@@ -37,6 +37,7 @@ pub struct PartSpec {
     /// CPU for each of this part's threads (empty: unpinned).
     pub cpus: Vec<usize>,
     pub source_addrs: Vec<Ipv4Addr>,
+    pub ports: Option<Ports>,
     /// Connections per second for this part while setting up (0: unbounded).
     pub ramp_rate: f64,
     /// Handshakes in progress at once in this part.
@@ -212,6 +213,7 @@ fn run_inner(
         connect_timeout_ns: secs_ns(common.connect_timeout),
         close_timeout_ns: secs_ns(common.close_timeout),
         source_addrs: spec.source_addrs.clone(),
+        ports: spec.ports,
     };
     let setup_deadline = now_ns()
         + setup_bound_ns(spec.range.end - spec.range.start, spec.ramp_rate, common.connect_timeout);
@@ -323,7 +325,8 @@ fn run_inner(
         cpu[i] = sys::self_cpu_s();
     }
     let close = secs_ns(common.close_timeout);
-    let deadline = times.stop.max(times.t1) + 2 * close + secs_ns(30.0);
+    let closes = (spec.range.end - spec.range.start) / spec.max_pending.max(1) as u64;
+    let deadline = times.stop.max(times.t1) + 2 * close + secs_ns(30.0) + closes * 1_000_000;
     while results.len() < threads {
         let left = deadline.saturating_sub(now_ns());
         match done_rx.recv_timeout(Duration::from_nanos(left.min(1_000_000_000))) {

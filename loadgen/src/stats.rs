@@ -65,7 +65,12 @@ const MAX_SAMPLES: usize = 16;
 impl Errors {
     /// Counts one error; `what` is only called for the first few of a kind.
     pub fn count(&mut self, kind: Kind, what: impl FnOnce() -> String) {
-        let n = match kind {
+        self.count_n(kind, 1, what);
+    }
+
+    /// Counts `n` errors of one kind with one sample message.
+    pub fn count_n(&mut self, kind: Kind, n: u64, what: impl FnOnce() -> String) {
+        let count = match kind {
             Kind::Refused => &mut self.refused,
             Kind::Reset => &mut self.reset,
             Kind::Handshake => &mut self.handshake,
@@ -75,8 +80,9 @@ impl Errors {
             Kind::AddrNotAvailable => &mut self.addr_not_available,
             Kind::Other => &mut self.other,
         };
-        *n += 1;
-        if *n <= SAMPLES_PER_KIND && self.samples.len() < MAX_SAMPLES {
+        let before = *count;
+        *count += n;
+        if before < SAMPLES_PER_KIND && self.samples.len() < MAX_SAMPLES {
             self.samples.push(what());
         }
     }

@@ -113,31 +113,41 @@ impl Epoll {
     }
 }
 
-/// A non-blocking TCP socket with TCP_NODELAY, bound to `source` (port chosen at connect time),
-/// with its connect to `target` started.
-pub fn start_connect(source: Option<Ipv4Addr>, target: SocketAddr) -> io::Result<Socket> {
+/// A non-blocking TCP socket with TCP_NODELAY, bound to `source` (an address, and a port or
+/// none to have the kernel pick it at connect time), with its connect to `target` started.
+pub fn start_connect(
+    source: Option<(Ipv4Addr, Option<u16>)>,
+    target: SocketAddr,
+) -> io::Result<Socket> {
     let sock = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     sock.set_nodelay(true)?;
-    if let Some(ip) = source {
-        // Without IP_BIND_ADDRESS_NO_PORT, bind() picks a port unique per source address alone;
-        // with it the port is picked at connect() per 4-tuple, so ~28k ports serve every
-        // (source, destination) pair instead of all of them together.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt(2) reads an int through a valid pointer of the given length on a
-        // descriptor we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+    match source {
+        None => {}
+        Some((ip, Some(port))) => {
+            // A port of ours may still be held by a TIME_WAIT socket of an earlier run.
+            sock.set_reuse_address(true)?;
+            sock.bind(&SocketAddr::from((ip, port)).into())?;
         }
-        sock.bind(&SocketAddr::from((ip, 0)).into())?;
+        Some((ip, None)) => {
+            // Without IP_BIND_ADDRESS_NO_PORT, bind() picks a port unique per source address
+            // alone; with it the port is picked at connect() per 4-tuple.
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt(2) reads an int through a valid pointer of the given length on
+            // a descriptor we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            sock.bind(&SocketAddr::from((ip, 0)).into())?;
+        }
     }
     match sock.connect(&target.into()) {
         Ok(()) => Ok(sock),

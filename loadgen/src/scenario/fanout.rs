@@ -356,6 +356,16 @@ pub fn run(a: &FanoutArgs, mut ctx: ThreadCtx) -> Result<Tally, String> {
         tally: Tally::default(),
     };
     let set = setup(&mut d, &mut b, &mut ctx, received, |b, _| b.acks_due == 0)?;
+    if b.acks_due > 0 {
+        // Setup ran out of time with subscriptions unanswered: those connections cannot be
+        // counted on for deliveries.
+        for id in 0..n {
+            if b.recv[id].acks_due > 0 {
+                d.fail(id, Kind::Timeout, || "a subscription was never acknowledged".into());
+            }
+        }
+        d.end_doomed(&mut b);
+    }
     let times = wait_go(&mut d, &mut b, &mut ctx, received)?;
     b.times = times;
     b.sending = true;

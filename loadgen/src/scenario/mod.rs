@@ -11,7 +11,7 @@ use std::ops::Range;
 use crate::cli::Scenario;
 use crate::driver::{Behavior, Driver};
 use crate::part::{Setup, ThreadCtx, Times};
-use crate::stats::Tally;
+use crate::stats::{Kind, Tally};
 use crate::sys::now_ns;
 
 /// How long one poll waits at most when nothing is scheduled: bounds how late a phase change
@@ -79,13 +79,20 @@ impl Ramp {
         None
     }
 
+    /// Connections not started yet.
+    pub fn remaining(&self) -> u64 {
+        self.range.end - self.range.start - self.next
+    }
+
     pub fn done(&self, d: &Driver) -> bool {
         self.next == self.range.end - self.range.start && d.in_setup == 0
     }
 }
 
 /// The setup phase: ramp up (and whatever `extra_ready` waits for, e.g. subscriptions), then
-/// report ready. Connections that fail are counted, not retried.
+/// report ready. Connections that fail are counted, not retried. Past the setup deadline the
+/// connections not open yet are counted as timeouts and the run goes on with the rest (a
+/// behavior still waiting on its own, such as subscriptions, checks `extra_ready` itself).
 pub fn setup<B: Behavior>(
     d: &mut Driver,
     b: &mut B,
@@ -105,8 +112,21 @@ pub fn setup<B: Behavior>(
                 break;
             }
         }
-        if now > ctx.setup_deadline || ctx.ctl.aborted() {
-            return Err("setup did not finish in time (connections or subscriptions hung)".into());
+        if ctx.ctl.aborted() {
+            return Err("aborted".into());
+        }
+        if now > ctx.setup_deadline {
+            // Go on with what opened; what did not is counted, so the report says how many.
+            let never = ramp.remaining();
+            if never > 0 {
+                d.errors.count_n(Kind::Timeout, never, || {
+                    format!("setup ran out of time before {never} connections were started")
+                });
+            }
+            d.fail_in_setup("connect+upgrade still unfinished when setup ran out of time");
+            d.end_doomed(b);
+            ramp.end_ns = now;
+            break;
         }
         ctx.ctl.publish(now, d.open, messages(b), d.errors.total());
         let wait = next.map_or(IDLE_POLL_NS, |t| t.saturating_sub(now)).min(IDLE_POLL_NS);
@@ -162,8 +182,10 @@ pub fn poll_until<B: Behavior>(
     }
 }
 
-/// Closes every connection cleanly (close 1000, the server's close, its FIN), in batches,
-/// bounded by the close timeout; returns (start, end) ns.
+/// Closes every connection cleanly (close 1000, the server's close, its FIN), at most
+/// `max_pending` at once (so a slow server shows as a longer close phase, not as close
+/// timeouts of connections that were only queued), each bounded by the close timeout; returns
+/// (start, end) ns.
 pub fn close_all<B: Behavior>(
     d: &mut Driver,
     b: &mut B,
@@ -173,12 +195,14 @@ pub fn close_all<B: Behavior>(
     let start = now_ns();
     let slots = d.conns.len();
     let mut next = 0;
-    // Each connection has its own close deadline; this one only backstops the loop.
-    let deadline = start + 2 * ctx.cfg.close_timeout_ns + 5_000_000_000;
+    // Each connection has its own close deadline; this one only backstops the loop, allowing
+    // for the closes to go `max_pending` at a time at 1 ms or worse each.
+    let backstop = 2 * ctx.cfg.close_timeout_ns + 5_000_000_000;
+    let deadline = start + backstop + (slots / ctx.max_pending.max(1)) as u64 * 1_000_000;
     loop {
         let now = now_ns();
         let batch_end = (next + CLOSE_BATCH).min(slots);
-        while next < batch_end {
+        while next < batch_end && d.closing < ctx.max_pending {
             d.begin_close(next, now);
             next += 1;
         }
