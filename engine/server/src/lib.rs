@@ -25,9 +25,10 @@ pub use ringside_proto as proto;
 pub use ringside_proto::handshake::Request;
 pub use ringside_proto::{CloseCode, Error, Message};
 pub use runtime::conn::ConnId;
+pub use runtime::pubsub::{SubscribeError, MAX_TOPIC_LEN};
 pub use server::{
-    Backend, Builder, Handler, Running, Server, ServerHandle, Settings, SlowConsumer, Upgrade,
-    WebSocket, Workers,
+    Backend, Builder, Handler, Publisher, Running, Server, ServerHandle, Settings, SlowConsumer,
+    Stats, TopicPolicy, TopicRule, Upgrade, WebSocket, Workers,
 };
 
 /// Whether the io_uring backend can run here (the same probe `Backend::Auto` uses), and why not.

@@ -1,7 +1,8 @@
 //! The `ringside` binary: a WebSocket server with every tunable as a flag, running a demo app.
 //!
-//! `--app echo` (default) sends every message back; `--app broadcast` sends every message to
-//! every connection on every worker (a chat room).
+//! `--app echo` (default) sends every message back; `--app broadcast` is a pub/sub server
+//! speaking a small text protocol (docs/broadcast.md): `sub <topic>`, `unsub <topic>`,
+//! `pub <topic> <payload>`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ringside::{Backend, Handler, Message, Server, Settings, SlowConsumer, WebSocket, Workers};
+use ringside::{
+    Backend, Handler, Message, Server, Settings, SlowConsumer, TopicPolicy, TopicRule, WebSocket,
+    Workers,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,9 +65,18 @@ struct Args {
     /// Queued bytes per connection above which the slow-consumer policy applies.
     #[arg(long, default_value_t = 16 << 20)]
     send_limit: usize,
-    /// What to do with a connection over the send limit.
+    /// What to do with a connection over the send limit (conflate: on topics, keep only the
+    /// latest message per key; elsewhere the same as drop).
     #[arg(long, value_enum, default_value = "close")]
     slow_consumer: SlowArg,
+    /// A per-topic policy, PATTERN=POLICY[:LIMIT] (PATTERN is a topic name or a prefix ending
+    /// in `*`; LIMIT in bytes, default the send limit). Repeatable; the first match wins.
+    /// Example: --topic 'price.*=conflate:65536'.
+    #[arg(long = "topic", value_parser = parse_topic_rule)]
+    topics: Vec<TopicRule>,
+    /// Most topics one connection may subscribe to.
+    #[arg(long, default_value_t = 4096)]
+    max_subscriptions: usize,
     /// io_uring submission queue entries per worker.
     #[arg(long, default_value_t = 4096)]
     ring_entries: u32,
@@ -98,6 +111,36 @@ enum BackendArg {
 enum SlowArg {
     Close,
     Drop,
+    Conflate,
+}
+
+impl From<SlowArg> for SlowConsumer {
+    fn from(arg: SlowArg) -> Self {
+        match arg {
+            SlowArg::Close => SlowConsumer::Close,
+            SlowArg::Drop => SlowConsumer::Drop,
+            SlowArg::Conflate => SlowConsumer::Conflate,
+        }
+    }
+}
+
+/// `PATTERN=POLICY[:LIMIT]`; the limit is filled in from `--send-limit` later when absent (0).
+fn parse_topic_rule(arg: &str) -> Result<TopicRule, String> {
+    let (pattern, policy) =
+        arg.split_once('=').ok_or("expected PATTERN=POLICY[:LIMIT], e.g. 'price.*=conflate'")?;
+    if pattern.is_empty() {
+        return Err("empty topic pattern".into());
+    }
+    let (policy, limit) = match policy.split_once(':') {
+        Some((p, l)) => (p, l.parse::<usize>().map_err(|_| format!("bad limit {l:?}"))?),
+        None => (policy, 0),
+    };
+    let slow = SlowArg::from_str(policy, true)
+        .map_err(|_| format!("unknown policy {policy:?} (close, drop or conflate)"))?;
+    Ok(TopicRule {
+        pattern: pattern.to_owned(),
+        policy: TopicPolicy { slow_consumer: slow.into(), limit },
+    })
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,11 +157,38 @@ impl Handler for Echo {
     }
 }
 
+/// The `broadcast` app: pub/sub over a text protocol (docs/broadcast.md).
 struct Broadcast;
 
 impl Handler for Broadcast {
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
-        ws.broadcast(msg);
+        let Message::Text(line) = msg else {
+            let _ = ws.send_text("error binary messages are not part of this protocol");
+            return;
+        };
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let reply = match verb {
+            "sub" | "unsub" if rest.is_empty() || rest.contains(' ') => {
+                format!("error {verb} takes one topic")
+            }
+            "sub" => match ws.subscribe(rest) {
+                Ok(_) => format!("ok sub {rest}"),
+                Err(e) => format!("error {e}"),
+            },
+            "unsub" => {
+                ws.unsubscribe(rest);
+                format!("ok unsub {rest}")
+            }
+            "pub" => match rest.split_once(' ') {
+                Some((topic, payload)) if !topic.is_empty() => {
+                    ws.publish(topic, Message::Text(payload));
+                    return;
+                }
+                _ => "error pub takes a topic and a payload".to_owned(),
+            },
+            _ => "error unknown command (sub, unsub, pub)".to_owned(),
+        };
+        let _ = ws.send_text(&reply);
     }
 }
 
@@ -155,10 +225,18 @@ fn run(args: Args) -> io::Result<()> {
         close_timeout: Duration::from_secs(args.close_timeout),
         send_high_water: args.send_high_water,
         send_limit: args.send_limit,
-        slow_consumer: match args.slow_consumer {
-            SlowArg::Close => SlowConsumer::Close,
-            SlowArg::Drop => SlowConsumer::Drop,
-        },
+        slow_consumer: args.slow_consumer.into(),
+        topic_rules: args
+            .topics
+            .into_iter()
+            .map(|mut rule| {
+                if rule.policy.limit == 0 {
+                    rule.policy.limit = args.send_limit;
+                }
+                rule
+            })
+            .collect(),
+        max_subscriptions: args.max_subscriptions,
         allowed_origins: args.allowed_origins,
         subprotocols: args.subprotocols,
         ring_entries: args.ring_entries,

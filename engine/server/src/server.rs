@@ -43,6 +43,29 @@ pub enum SlowConsumer {
     Close,
     /// Drop the message for that connection, and count it.
     Drop,
+    /// On topics: keep only the latest message per key for that connection (a message still
+    /// waiting is replaced by the newer one with the same key), so a lagging subscriber gets the
+    /// latest price or state, never a stale backlog. Memory stays bounded by the number of keys.
+    /// For messages that are not publishes, the same as `Drop`.
+    Conflate,
+}
+
+/// How a topic treats a subscriber that falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPolicy {
+    /// What happens to a publish that does not fit under `limit`.
+    pub slow_consumer: SlowConsumer,
+    /// Queued bytes (of everything the connection has queued) above which the policy applies.
+    pub limit: usize,
+}
+
+/// A per-topic policy: for topics named `pattern`, or starting with it if it ends with `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRule {
+    /// A topic name, or a prefix followed by `*`.
+    pub pattern: String,
+    /// The policy for those topics.
+    pub policy: TopicPolicy,
 }
 
 /// The handler's answer to an upgrade request.
@@ -113,6 +136,10 @@ pub struct Settings {
     pub send_limit: usize,
     /// The slow-consumer policy. Default close (1008).
     pub slow_consumer: SlowConsumer,
+    /// Per-topic policies, first match wins; other topics use `slow_consumer` and `send_limit`.
+    pub topic_rules: Vec<TopicRule>,
+    /// Most topics one connection may subscribe to. Default 4096.
+    pub max_subscriptions: usize,
     /// Origins allowed to connect (exact match, case-insensitive); empty: any. Default empty.
     pub allowed_origins: Vec<String>,
     /// Subprotocols, in the server's order of preference. Default none.
@@ -146,6 +173,8 @@ impl Default for Settings {
             send_high_water: 1 << 20,
             send_limit: 16 << 20,
             slow_consumer: SlowConsumer::Close,
+            topic_rules: Vec::new(),
+            max_subscriptions: 4096,
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
             ring_entries: 4096,
@@ -219,6 +248,8 @@ impl Builder {
         send_limit: usize,
         /// Slow-consumer policy.
         slow_consumer: SlowConsumer,
+        /// Most subscriptions per connection.
+        max_subscriptions: usize,
         /// Allowed origins.
         allowed_origins: Vec<String>,
         /// Subprotocols by preference.
@@ -233,6 +264,13 @@ impl Builder {
         shutdown_timeout: Duration,
         /// Connection cap per worker.
         max_connections_per_worker: usize,
+    }
+
+    /// Sets the policy of the topics named `pattern` (or starting with it, if it ends with
+    /// `*`). Rules are tried in the order they were added.
+    pub fn topic(mut self, pattern: &str, policy: TopicPolicy) -> Self {
+        self.settings.topic_rules.push(TopicRule { pattern: pattern.to_owned(), policy });
+        self
     }
 
     /// Replaces every setting at once.
@@ -300,6 +338,41 @@ impl<H: Handler, F: Fn() -> H + Send + Sync + 'static> Running<H, F> {
     }
 }
 
+/// Publishes to a running server from any thread; one message goes out to every worker in a
+/// single channel send each.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    shared: Arc<runtime::Shared>,
+}
+
+impl Publisher {
+    /// Publishes `msg` to every subscriber of `topic`.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        self.shared.publish(topic, 0, msg);
+    }
+
+    /// Publishes with a conflation key (see [`ServerHandle::publish_keyed`]).
+    pub fn publish_keyed(&self, topic: &str, key: u64, msg: Message<'_>) {
+        self.shared.publish(topic, key, msg);
+    }
+}
+
+/// What the workers counted, summed (updated once per loop iteration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Open connections.
+    pub connections: u64,
+    /// Publishes delivered into subscribers' queues.
+    pub delivered: u64,
+    /// Messages dropped under the `drop` policy (sends and publishes).
+    pub dropped: u64,
+    /// Staged publishes replaced by a newer one with the same key (`conflate`).
+    pub conflated: u64,
+    /// Connections closed with 1008 for falling behind.
+    pub slow_closed: u64,
+}
+
 /// A running server: stop it, wait for it, message its connections.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -328,6 +401,27 @@ impl ServerHandle {
     /// Sends `msg` to every open connection on every worker, from any thread.
     pub fn broadcast(&self, msg: Message<'_>) {
         self.shared.broadcast(None, msg);
+    }
+
+    /// Publishes `msg` to every subscriber of `topic` on every worker, from any thread.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        self.shared.publish(topic, 0, msg);
+    }
+
+    /// Publishes with a conflation key: on a conflating topic, a subscriber that lags gets only
+    /// the latest message of each key.
+    pub fn publish_keyed(&self, topic: &str, key: u64, msg: Message<'_>) {
+        self.shared.publish(topic, key, msg);
+    }
+
+    /// A handle for publishing from other threads (cheap to clone, `Send + Sync`).
+    pub fn publisher(&self) -> Publisher {
+        Publisher { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Counters summed over the workers.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
     }
 
     /// Graceful shutdown: stop accepting, close every connection with 1001, wait up to the

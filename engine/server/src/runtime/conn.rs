@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ringside_proto::frame::{self, OpCode};
 use ringside_proto::{CloseCode, Connection, Error, Message};
 
+use super::pubsub::{Publication, SubscribeError, Topics};
 use super::queue::{Pool, SendQueue};
 use super::Shared;
 use crate::server::{Settings, SlowConsumer};
@@ -81,9 +82,22 @@ pub(crate) struct Ctx {
     pub dirty: Vec<usize>,
     /// Spare send queues, so idle connections hold none.
     pub pool: Pool,
-    /// Messages dropped by the `drop` slow-consumer policy.
-    pub dropped: u64,
+    /// This worker's topics and subscriptions.
+    pub topics: Topics,
+    /// Publishes made in handler callbacks, delivered when the callback returns.
+    pub outbox: Vec<Publication>,
+    /// Counters, copied to the shared stats once per iteration.
+    pub counts: Counts,
     pub now: u32,
+}
+
+/// A worker's counters (see `Stats`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub delivered: u64,
+    pub dropped: u64,
+    pub conflated: u64,
+    pub slow_closed: u64,
 }
 
 impl Ctx {
@@ -94,7 +108,6 @@ impl Ctx {
             self.dirty.push(id);
         }
     }
-
 }
 
 /// The handle a callback gets for its connection.
@@ -150,11 +163,12 @@ impl WebSocket<'_> {
         let len = header.as_bytes().len() + payload.len();
         if self.io.queue.len() + len > self.ctx.settings.send_limit {
             match self.ctx.settings.slow_consumer {
-                SlowConsumer::Drop => {
-                    self.ctx.dropped += 1;
+                SlowConsumer::Drop | SlowConsumer::Conflate => {
+                    self.ctx.counts.dropped += 1;
                     return Ok(false);
                 }
                 SlowConsumer::Close => {
+                    self.ctx.counts.slow_closed += 1;
                     // Queue nothing more: the close frame goes after what waits (memory stays
                     // bounded), and the close timeout drops TCP if the peer never reads it.
                     self.close(CloseCode::POLICY, "slow consumer");
@@ -190,5 +204,41 @@ impl WebSocket<'_> {
     /// encoded once; other workers get it through their channels.
     pub fn broadcast(&mut self, msg: Message<'_>) {
         self.ctx.shared.broadcast(Some(self.ctx.worker), msg);
+    }
+
+    /// Subscribes this connection to `topic`; `Ok(false)` if it already was. Subscriptions end
+    /// when the connection closes.
+    pub fn subscribe(&mut self, topic: &str) -> Result<bool, SubscribeError> {
+        self.ctx.topics.subscribe(self.id, topic)
+    }
+
+    /// Unsubscribes from `topic`; `false` if it was not subscribed. Conflated messages of the
+    /// topic still waiting for this connection are dropped.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        match self.ctx.topics.unsubscribe(self.id, topic) {
+            Some(id) => {
+                self.io.queue.unstage_topic(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether this connection subscribes to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.ctx.topics.is_subscribed(self.id, topic)
+    }
+
+    /// Publishes `msg` to every subscriber of `topic` on every worker, this connection included
+    /// if it subscribes. Encoded once; delivered when this callback returns, and in publish
+    /// order to each subscriber. Works on a closing connection too (it only needs the worker).
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
+        self.publish_keyed(topic, 0, msg);
+    }
+
+    /// Publishes with a conflation key: on a topic whose policy is `Conflate`, a subscriber that
+    /// lags gets only the latest message for each key.
+    pub fn publish_keyed(&mut self, topic: &str, key: u64, msg: Message<'_>) {
+        self.ctx.outbox.push(Publication::new(topic, key, msg));
     }
 }

@@ -4,30 +4,44 @@
 
 pub(crate) mod backend;
 pub(crate) mod conn;
+pub(crate) mod pubsub;
 pub(crate) mod queue;
 pub(crate) mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use ringside_proto::frame::{self, OpCode};
 use ringside_proto::Message;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use self::backend::epoll::Epoll;
 use self::backend::uring::Uring;
 use self::backend::Waker;
-use crate::server::{Backend, Handler, Running, ServerHandle, Settings, Workers};
+use self::pubsub::Publication;
+use crate::server::{Backend, Handler, Running, ServerHandle, Settings, Stats, Workers};
 
 /// What a worker can be asked from another thread.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// An encoded frame for every open connection.
     Broadcast(Bytes),
+    /// Publishes, in publish order (a batch from another worker's loop iteration, or one from a
+    /// publisher thread).
+    Publish(Vec<Publication>),
+}
+
+/// One worker's counters, written by it once per loop iteration, read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerStats {
+    pub connections: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub conflated: AtomicU64,
+    pub slow_closed: AtomicU64,
 }
 
 /// What all workers and handles share.
@@ -35,10 +49,53 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     shutdown: AtomicBool,
     wakers: Vec<Waker>,
+    /// Set when a worker has been woken and has not drained its inbox since: further senders
+    /// skip the eventfd write (one wake-up per batch, not per message).
+    wake_pending: Vec<AtomicBool>,
     inboxes: Vec<Sender<Command>>,
+    pub(crate) stats: Vec<WorkerStats>,
 }
 
 impl Shared {
+    pub(crate) fn workers(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Sends `command` to `worker` and wakes it unless a wake-up is already on its way.
+    pub(crate) fn send(&self, worker: usize, command: Command) {
+        if self.inboxes[worker].send(command).is_ok()
+            && !self.wake_pending[worker].swap(true, Ordering::SeqCst)
+        {
+            self.wakers[worker].wake();
+        }
+    }
+
+    /// Called by `worker` right before it drains its inbox.
+    pub(crate) fn woken(&self, worker: usize) {
+        self.wake_pending[worker].store(false, Ordering::SeqCst);
+    }
+
+    /// Encodes `msg` once and hands every worker its own copy.
+    pub(crate) fn publish(&self, topic: &str, key: u64, msg: Message<'_>) {
+        let p = Publication::new(topic, key, msg);
+        for worker in 1..self.workers() {
+            self.send(worker, Command::Publish(vec![p.copied()]));
+        }
+        self.send(0, Command::Publish(vec![p]));
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for w in &self.stats {
+            total.connections += w.connections.load(Ordering::Relaxed);
+            total.delivered += w.delivered.load(Ordering::Relaxed);
+            total.dropped += w.dropped.load(Ordering::Relaxed);
+            total.conflated += w.conflated.load(Ordering::Relaxed);
+            total.slow_closed += w.slow_closed.load(Ordering::Relaxed);
+        }
+        total
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
     }
@@ -52,18 +109,11 @@ impl Shared {
 
     /// Encodes `msg` once and hands it to every worker.
     pub(crate) fn broadcast(&self, _from: Option<u16>, msg: Message<'_>) {
-        let opcode = match msg {
-            Message::Text(_) => OpCode::Text,
-            Message::Binary(_) => OpCode::Binary,
-        };
-        let mut bytes = Vec::with_capacity(msg.len() + 10);
-        frame::write_frame(&mut bytes, true, opcode, None, msg.as_bytes());
-        let frame = Bytes::from(bytes);
-        for (inbox, waker) in self.inboxes.iter().zip(&self.wakers) {
-            if inbox.send(Command::Broadcast(frame.clone())).is_ok() {
-                waker.wake();
-            }
+        let frame = pubsub::encode(msg);
+        for worker in 1..self.workers() {
+            self.send(worker, Command::Broadcast(Bytes::copy_from_slice(&frame)));
         }
+        self.send(0, Command::Broadcast(frame));
     }
 }
 
@@ -167,7 +217,13 @@ where
     let wakers = (0..count).map(|_| Waker::new()).collect::<io::Result<Vec<_>>>()?;
     let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
         (0..count).map(|_| crossbeam_channel::unbounded()).unzip();
-    let shared = Arc::new(Shared { shutdown: AtomicBool::new(false), wakers, inboxes });
+    let shared = Arc::new(Shared {
+        shutdown: AtomicBool::new(false),
+        wakers,
+        wake_pending: (0..count).map(|_| AtomicBool::new(false)).collect(),
+        inboxes,
+        stats: (0..count).map(|_| WorkerStats::default()).collect(),
+    });
     let cores =
         if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };
     let mut threads = Vec::with_capacity(count);

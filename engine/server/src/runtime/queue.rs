@@ -135,6 +135,8 @@ impl Queue {
 /// A worker's spare queues, so that queuing on an idle connection does not allocate.
 #[derive(Debug, Default)]
 pub struct Pool {
+    // Boxed: a queue moves in and out of connections as a pointer, never by value.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<Queue>>,
 }
 
@@ -173,11 +175,6 @@ impl SendQueue {
     /// Whether nothing is queued or in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Whether there are bytes that no send has taken yet.
-    pub fn has_pending(&self) -> bool {
-        self.q.as_ref().is_some_and(|q| q.pending > 0)
     }
 
     /// Queues a copy of `bytes`.

@@ -9,6 +9,7 @@
 //! in for a timer wheel. Timestamps are a wrapping millisecond clock in a `u32`.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,11 @@ use ringside_proto::{CloseCode, Config, Connection, Error, Event, Role};
 use slab::Slab;
 
 use super::backend::{Backend, Driver, SendQueue};
-use super::conn::{Conn, Ctx, Phase, WebSocket};
+use super::conn::{Conn, Counts, Ctx, Phase, WebSocket};
+use super::pubsub::{Publication, Topics};
 use super::queue::Pool;
 use super::{Command, Shared};
-use crate::server::{Handler, Settings, SlowConsumer, Upgrade};
+use crate::server::{Handler, Settings, SlowConsumer, TopicPolicy, Upgrade};
 
 /// The worker's state that backends call into.
 pub(crate) struct Core<H> {
@@ -32,6 +34,10 @@ pub(crate) struct Core<H> {
     proto: Config,
     /// Sockets to close after this iteration's flush: (id, hard).
     to_close: Vec<(usize, bool)>,
+    /// Publishes for each other worker, sent once per iteration.
+    remote: Vec<Vec<Publication>>,
+    /// Scratch list of subscribers to close for falling behind.
+    slow: Vec<usize>,
 }
 
 impl<H> std::fmt::Debug for Core<H> {
@@ -54,6 +60,12 @@ impl<H: Handler> Core<H> {
             max_message_size: settings.max_message_size,
             auto_pong: true,
         };
+        let topics = Topics::new(
+            settings.topic_rules.clone(),
+            TopicPolicy { slow_consumer: settings.slow_consumer, limit: settings.send_limit },
+            settings.max_subscriptions,
+        );
+        let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
         Core {
             handler,
             conns: Slab::new(),
@@ -63,12 +75,16 @@ impl<H: Handler> Core<H> {
                 shared,
                 dirty: Vec::new(),
                 pool: Pool::default(),
-                dropped: 0,
+                topics,
+                outbox: Vec::new(),
+                counts: Counts::default(),
                 now: 0,
             },
             handshake,
             proto,
             to_close: Vec::new(),
+            remote,
+            slow: Vec::new(),
         }
     }
 
@@ -171,6 +187,9 @@ impl<H: Handler> Core<H> {
     /// Moves the protocol's own output (pong, close echo, failure close) to the send queue,
     /// applies a close the handler asked for, and closes the socket once the protocol is done.
     fn after_event(&mut self, id: usize) {
+        if !self.ctx.outbox.is_empty() {
+            self.drain_outbox();
+        }
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Phase::Open(proto) = &mut conn.phase else { return };
         if let Some((code, reason)) = conn.io.close_request.take() {
@@ -198,6 +217,10 @@ impl<H: Handler> Core<H> {
         conn.io.close_reported = true;
         let mut ws = WebSocket { id, io: &mut conn.io, open: false, ctx: &mut self.ctx };
         self.handler.on_close(&mut ws, code, reason);
+        self.ctx.topics.unsubscribe_all(id);
+        if !self.ctx.outbox.is_empty() {
+            self.drain_outbox();
+        }
     }
 
     /// Runs a handler callback with the connection's handle, then applies what it asked.
@@ -286,15 +309,18 @@ impl<H: Handler> Core<H> {
         match command {
             Command::Broadcast(frame) => {
                 let limit = self.ctx.settings.send_limit;
-                let mut slow = Vec::new();
+                let policy = self.ctx.settings.slow_consumer;
+                let mut slow = std::mem::take(&mut self.slow);
                 for (id, conn) in self.conns.iter_mut() {
                     let Phase::Open(proto) = &conn.phase else { continue };
                     if !proto.is_open() || conn.io.close_request.is_some() {
                         continue;
                     }
                     if conn.io.queue.len() + frame.len() > limit {
-                        match self.ctx.settings.slow_consumer {
-                            SlowConsumer::Drop => self.ctx.dropped += 1,
+                        match policy {
+                            SlowConsumer::Drop | SlowConsumer::Conflate => {
+                                self.ctx.counts.dropped += 1
+                            }
                             SlowConsumer::Close => slow.push(id),
                         }
                         continue;
@@ -302,11 +328,104 @@ impl<H: Handler> Core<H> {
                     conn.io.queue.push_shared(&mut self.ctx.pool, frame.clone());
                     self.ctx.mark_dirty(id, &mut conn.io);
                 }
-                for id in slow {
-                    self.close_with(id, CloseCode::POLICY, "slow consumer");
+                self.close_slow(&mut slow);
+                self.slow = slow;
+            }
+            Command::Publish(batch) => {
+                for p in &batch {
+                    self.deliver(p);
                 }
             }
         }
+    }
+
+    /// Delivers the publishes handler callbacks made: here at once, to other workers with this
+    /// iteration's batch.
+    fn drain_outbox(&mut self) {
+        let me = usize::from(self.ctx.worker);
+        while !self.ctx.outbox.is_empty() {
+            let mut outbox = std::mem::take(&mut self.ctx.outbox);
+            for p in outbox.drain(..) {
+                self.deliver(&p);
+                for (worker, batch) in self.remote.iter_mut().enumerate() {
+                    if worker != me {
+                        batch.push(p.copied());
+                    }
+                }
+            }
+            if self.ctx.outbox.is_empty() {
+                // Keep the allocation for the next callback.
+                self.ctx.outbox = outbox;
+            }
+        }
+    }
+
+    /// Hands `p` to this worker's subscribers of its topic, applying the topic's policy to each
+    /// subscriber that is over the limit.
+    fn deliver(&mut self, p: &Publication) {
+        let Ctx { topics, pool, dirty, counts, .. } = &mut self.ctx;
+        let Some((topic_id, topic)) = topics.find(&p.topic) else { return };
+        let policy = topic.policy;
+        let len = p.frame.len();
+        let mut slow = std::mem::take(&mut self.slow);
+        for &id in &topic.subscribers {
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            let Phase::Open(proto) = &conn.phase else { continue };
+            if !proto.is_open() || conn.io.close_request.is_some() {
+                continue;
+            }
+            let queue = &mut conn.io.queue;
+            if policy.conflates() && (queue.has_staged() || !policy.fits(queue.len(), len)) {
+                // Behind: wait in the stage (replacing an older message of the same key)
+                // until what is in flight is sent; see `flush`.
+                if queue.stage(pool, (topic_id, p.key), p.frame.clone()) {
+                    counts.conflated += 1;
+                }
+            } else if policy.fits(queue.len(), len) {
+                queue.push_shared(pool, p.frame.clone());
+                counts.delivered += 1;
+            } else {
+                match policy.slow_consumer {
+                    SlowConsumer::Close => slow.push(id),
+                    SlowConsumer::Drop | SlowConsumer::Conflate => counts.dropped += 1,
+                }
+                continue;
+            }
+            if !conn.io.dirty {
+                conn.io.dirty = true;
+                dirty.push(id);
+            }
+        }
+        self.close_slow(&mut slow);
+        self.slow = slow;
+    }
+
+    /// Closes (1008) the connections in `slow` and empties it.
+    fn close_slow(&mut self, slow: &mut Vec<usize>) {
+        for id in slow.drain(..) {
+            self.ctx.counts.slow_closed += 1;
+            self.close_with(id, CloseCode::POLICY, "slow consumer");
+        }
+    }
+
+    /// Sends this iteration's publishes to the other workers, one batch each.
+    fn send_remote(&mut self) {
+        for (worker, batch) in self.remote.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                self.ctx.shared.send(worker, Command::Publish(std::mem::take(batch)));
+            }
+        }
+    }
+
+    /// Copies this worker's counters to the shared stats.
+    fn publish_stats(&self) {
+        let stats = &self.ctx.shared.stats[usize::from(self.ctx.worker)];
+        let c = self.ctx.counts;
+        stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        stats.delivered.store(c.delivered, Ordering::Relaxed);
+        stats.dropped.store(c.dropped, Ordering::Relaxed);
+        stats.conflated.store(c.conflated, Ordering::Relaxed);
+        stats.slow_closed.store(c.slow_closed, Ordering::Relaxed);
     }
 }
 
@@ -369,6 +488,7 @@ impl<H: Handler> Driver for Core<H> {
     fn on_released(&mut self, id: usize) {
         if self.conns.contains(id) {
             let mut conn = self.conns.remove(id);
+            self.ctx.topics.unsubscribe_all(id);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.ctx.pool);
         }
@@ -398,10 +518,13 @@ pub(crate) fn run<H: Handler, B: Backend>(
         backend
             .poll(core, timeout)
             .map_err(|e| io::Error::new(e.kind(), format!("{} poll: {e}", backend.name())))?;
+        core.ctx.shared.woken(usize::from(core.ctx.worker));
         while let Ok(command) = inbox.try_recv() {
             core.apply(command);
         }
+        core.send_remote();
         flush(core, backend);
+        core.publish_stats();
         core.ctx.now = clock();
         if core.ctx.now.wrapping_sub(next_sweep) < u32::MAX / 2 {
             next_sweep = core.ctx.now.wrapping_add(SWEEP_MS);
@@ -447,7 +570,12 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     for id in std::mem::take(&mut core.ctx.dirty) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.dirty = false;
-        backend.flush(id, &mut conn.io.queue);
+        let queue = &mut conn.io.queue;
+        if queue.has_staged() && queue.in_flight().is_none() {
+            // Caught up: the latest conflated messages go out with this send.
+            queue.unstage(&mut core.ctx.pool, usize::MAX);
+        }
+        backend.flush(id, queue);
         let queued = conn.io.queue.len();
         if queued > high_water && !conn.io.over_high_water {
             conn.io.over_high_water = true;

@@ -12,8 +12,8 @@ use ringside_proto::handshake::{generate_key, parse_response, write_client_reque
 use ringside_proto::{CloseCode, Config, Connection, Event, Message, Role};
 
 use super::super::{Backend as _, Driver, SendQueue, Waker};
-use crate::runtime::queue::Pool;
 use super::Uring;
+use crate::runtime::queue::Pool;
 use crate::{Backend, Builder, Handler, Server, ServerHandle, Settings, WebSocket, Workers};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
