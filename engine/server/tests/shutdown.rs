@@ -29,7 +29,8 @@ impl Server {
 
     fn start_with_env(backend: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--no-pin", "--backend", backend])
+            .args(["--listen", "127.0.0.1:0", "--no-pin", "--backend", backend])
+            .args(if extra.contains(&"--workers") { &[][..] } else { &["--workers", "1"][..] })
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -238,6 +239,56 @@ fn serves_echo_on_io_uring_or_refuses_clearly() {
     assert!(server.stderr.lock().unwrap().contains("backend io_uring"));
 }
 
+/// `--app broadcast` speaks the pub/sub protocol of docs/broadcast.md, across two workers.
+fn broadcast_app_speaks_the_pubsub_protocol(backend: &str) {
+    let server = Server::start(backend, &["--app", "broadcast", "--workers", "2"]);
+    let text = |c: &mut Client| match c.recv().unwrap() {
+        Seen::Text(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let mut subs: Vec<Client> = (0..6).map(|_| Client::connect(server.addr).unwrap()).collect();
+    for (i, c) in subs.iter_mut().enumerate() {
+        let topic = if i % 2 == 0 { "even" } else { "odd" };
+        c.send_text(&format!("sub {topic}")).unwrap();
+        assert_eq!(text(c), format!("ok sub {topic}"));
+    }
+    let mut publisher = Client::connect(server.addr).unwrap();
+    for bad in ["hello", "sub", "sub two words", "pub even", "unsub"] {
+        publisher.send_text(bad).unwrap();
+        assert!(text(&mut publisher).starts_with("error "), "{bad:?}");
+    }
+    for i in 0..50 {
+        publisher.send_text(&format!("pub even e{i} with spaces")).unwrap();
+        publisher.send_text(&format!("pub odd o{i}")).unwrap();
+    }
+    for (i, c) in subs.iter_mut().enumerate() {
+        for n in 0..50 {
+            let want = if i % 2 == 0 { format!("e{n} with spaces") } else { format!("o{n}") };
+            assert_eq!(text(c), want, "subscriber {i}");
+        }
+    }
+    subs[0].send_text("unsub even").unwrap();
+    assert_eq!(text(&mut subs[0]), "ok unsub even");
+    subs[0].send_text("sub odd").unwrap();
+    assert_eq!(text(&mut subs[0]), "ok sub odd");
+    publisher.send_text("pub even gone").unwrap();
+    publisher.send_text("pub odd last").unwrap();
+    assert_eq!(text(&mut subs[0]), "last", "unsubscribed from even");
+    assert_eq!(text(&mut subs[2]), "gone");
+}
+
+#[test]
+fn broadcast_app_speaks_the_pubsub_protocol_epoll() {
+    broadcast_app_speaks_the_pubsub_protocol("epoll");
+}
+
+#[test]
+fn broadcast_app_speaks_the_pubsub_protocol_io_uring() {
+    if !io_uring_missing() {
+        broadcast_app_speaks_the_pubsub_protocol("io-uring");
+    }
+}
+
 #[test]
 fn bad_flags_are_clear_errors() {
     let (status, stderr) = run_to_exit(&["--backend", "kqueue"], &[]);
@@ -250,6 +301,9 @@ fn bad_flags_are_clear_errors() {
     let (status, stderr) = run_to_exit(&["--listen", "not-an-address"], &[]);
     assert!(!status.success(), "{status}");
     assert!(stderr.contains("not-an-address"), "{stderr}");
+    let (status, stderr) = run_to_exit(&["--topic", "price.*=hurry"], &[]);
+    assert!(!status.success(), "{status}");
+    assert!(stderr.contains("unknown policy \"hurry\""), "{stderr}");
     let (status, stderr) = run_to_exit(&["--no-such-flag"], &[]);
     assert!(!status.success(), "{status}");
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
