@@ -245,6 +245,7 @@ fn run_inner(
                         return;
                     }
                 }
+                sys::tight_timers();
                 let _ = done.send(crate::scenario::run_thread(ctx));
             })
             .map_err(|e| format!("cannot start a thread: {e}"))?;

@@ -170,8 +170,11 @@ pub struct Tally {
     pub sent: u64,
     /// Payload bytes received in the window.
     pub bytes: u64,
-    /// Rate and fanout: how far behind the schedule a send went out, at worst.
+    /// Rate and fanout: how far behind the schedule sends went out (in the window), at worst
+    /// and as a histogram.
     pub max_behind_ns: u64,
+    #[serde(with = "histogram_base64")]
+    pub behind: Histogram<u64>,
     /// Rate: sends skipped because a connection's unsent backlog passed its cap.
     pub dropped_sends: u64,
     /// Latency in ns: echo round trip, rate from intended send, connect to 101, fanout
@@ -211,6 +214,7 @@ impl Default for Tally {
             sent: 0,
             bytes: 0,
             max_behind_ns: 0,
+            behind: new_histogram(),
             dropped_sends: 0,
             latency: new_histogram(),
             handshakes: 0,
@@ -240,6 +244,14 @@ fn min_set(a: u64, b: u64) -> u64 {
 }
 
 impl Tally {
+    /// A send that was due at `intended` went out at `now`.
+    #[inline]
+    pub fn late(&mut self, now: u64, intended: u64) {
+        let late = now.saturating_sub(intended);
+        self.max_behind_ns = self.max_behind_ns.max(late);
+        self.behind.saturating_record(late.max(1));
+    }
+
     pub fn merge(&mut self, o: &Tally) {
         self.threads += o.threads;
         self.cpu_s += o.cpu_s;
@@ -251,6 +263,7 @@ impl Tally {
         self.sent += o.sent;
         self.bytes += o.bytes;
         self.max_behind_ns = self.max_behind_ns.max(o.max_behind_ns);
+        self.behind.add(&o.behind).expect("histograms share their bounds");
         self.dropped_sends += o.dropped_sends;
         self.latency.add(&o.latency).expect("histograms share their bounds");
         self.handshakes += o.handshakes;

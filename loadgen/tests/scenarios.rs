@@ -259,6 +259,8 @@ fn rate_keeps_to_its_schedule_over_threads() {
     assert!((900..=1100).contains(&messages), "{messages} replies in 1 s at 1000/s");
     assert_eq!(r["target_rate"], 1000.0);
     assert!(r["max_behind_us"].as_f64().is_some());
+    assert!(r["behind_us"]["p50"].as_f64().is_some(), "{}", r["behind_us"]);
+    assert!(r["kept_up"].is_boolean());
     assert_ordered(&r["latency_us"]);
     assert_no_errors(&r);
     assert_eq!(r["loadgen"]["threads"], 2);

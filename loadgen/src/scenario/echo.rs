@@ -181,7 +181,7 @@ impl Schedule {
                 } else {
                     b.send(d, id, intended);
                     if in_window(&b.times, intended) {
-                        b.tally.max_behind_ns = b.tally.max_behind_ns.max(now - intended);
+                        b.tally.late(now, intended);
                     }
                 }
             }

@@ -408,7 +408,7 @@ pub fn run(a: &FanoutArgs, mut ctx: ThreadCtx) -> Result<Tally, String> {
                         continue;
                     }
                     if in_window(&times, at) {
-                        b.tally.max_behind_ns = b.tally.max_behind_ns.max(now - at);
+                        b.tally.late(now, at);
                     }
                     b.publish(&mut d, k, at);
                     turns += 1;
