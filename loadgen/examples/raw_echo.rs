@@ -1,6 +1,7 @@
-//! A minimal raw TCP echo on one mio (epoll) thread: the cheapest "server" there is, to measure
-//! the load generator's own ceiling with `ringside-load echo --raw-echo`. It returns the bytes
-//! it reads (our masked frames) verbatim and knows nothing of WebSocket.
+//! A minimal raw echo on one mio (epoll) thread: the cheapest "server" there is, to measure the
+//! load generator's own ceiling with `ringside-load echo --raw-echo`. It answers the WebSocket
+//! upgrade (like the bench/peers `raw-echo`), then returns every byte it reads (our masked
+//! frames) verbatim, knowing nothing of frames.
 //!
 //! `cargo run --release -p ringside-loadgen --example raw_echo -- 127.0.0.1:9100`
 //! (the bench/peers `raw-echo` is the maintained one; this one keeps the load generator's
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use ringside_proto::handshake::{parse_request, validate, HandshakeConfig};
 
 const LISTENER: Token = Token(usize::MAX);
 
@@ -19,6 +21,8 @@ struct Conn {
     stream: TcpStream,
     /// Bytes read but not yet written back (the peer is not reading).
     pending: Vec<u8>,
+    /// The upgrade request so far; None once answered.
+    request: Option<Vec<u8>>,
 }
 
 fn main() -> io::Result<()> {
@@ -48,7 +52,10 @@ fn main() -> io::Result<()> {
                         token,
                         Interest::READABLE | Interest::WRITABLE,
                     )?;
-                    conns.insert(token.0, Conn { stream, pending: Vec::new() });
+                    conns.insert(
+                        token.0,
+                        Conn { stream, pending: Vec::new(), request: Some(Vec::new()) },
+                    );
                 }
                 continue;
             }
@@ -70,6 +77,11 @@ fn serve(c: &mut Conn, buf: &mut [u8]) -> bool {
     loop {
         match c.stream.read(buf) {
             Ok(0) => return false,
+            Ok(n) if c.request.is_some() => {
+                if !upgrade(c, &buf[..n]) {
+                    return false;
+                }
+            }
             Ok(n) => {
                 if c.pending.is_empty() {
                     match c.stream.write(&buf[..n]) {
@@ -88,6 +100,30 @@ fn serve(c: &mut Conn, buf: &mut [u8]) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// Collects the upgrade request and answers it; what follows the request is echoed.
+fn upgrade(c: &mut Conn, bytes: &[u8]) -> bool {
+    let request = c.request.as_mut().expect("upgrading");
+    request.extend_from_slice(bytes);
+    let cfg = HandshakeConfig::default();
+    let mut response = Vec::new();
+    let head_len = match parse_request(request, &cfg) {
+        Ok(None) => return true,
+        Ok(Some(req)) => match validate(&req, &cfg) {
+            Ok(accept) => {
+                accept.write_response(None, &mut response);
+                req.head_len()
+            }
+            Err(_) => return false,
+        },
+        Err(_) => return false,
+    };
+    let rest = request[head_len..].to_vec();
+    c.request = None;
+    c.pending.extend_from_slice(&response);
+    c.pending.extend_from_slice(&rest);
+    flush(c)
 }
 
 fn flush(c: &mut Conn) -> bool {

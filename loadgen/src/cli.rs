@@ -72,7 +72,8 @@ pub struct Common {
     /// The server's pid: read its CPU time and RSS from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// The target is a raw TCP echo returning our masked frames verbatim (no handshake).
+    /// The target answers the upgrade, then echoes every byte verbatim (bench/peers `raw-echo`):
+    /// replies are parsed as our own masked frames.
     #[arg(long)]
     pub raw_echo: bool,
     /// Warm-up seconds before the measured window.

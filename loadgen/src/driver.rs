@@ -64,7 +64,7 @@ pub enum End {
 pub trait Behavior {
     /// Whether data payloads are needed (else only their lengths are seen).
     const CAPTURE: bool;
-    /// The upgrade completed (raw mode: TCP connected).
+    /// The upgrade completed.
     fn on_open(&mut self, d: &mut Driver, id: usize, now: u64);
     /// A data message or a pong arrived.
     fn on_message(&mut self, d: &mut Driver, id: usize, frame: Frame<'_>, now: u64);
@@ -264,6 +264,7 @@ impl Driver {
         match c.state {
             State::Free | State::Closing | State::AwaitFin => {}
             State::Connecting | State::Handshaking => self.doom(id, End::Unclean),
+            // A raw echo would only echo our close frame back and never send a FIN.
             State::Open if self.cfg.raw => self.doom(id, End::Clean),
             State::Open => {
                 let mut payload = Vec::with_capacity(2);
@@ -377,7 +378,7 @@ impl Driver {
         }
         let now = sys::now_ns();
         if c.state == State::Connecting {
-            self.connected(b, id, events, now);
+            self.connected(id, events);
             return;
         }
         if events & WRITABLE != 0 {
@@ -389,7 +390,7 @@ impl Driver {
         }
     }
 
-    fn connected<B: Behavior>(&mut self, b: &mut B, id: usize, events: u32, now: u64) {
+    fn connected(&mut self, id: usize, events: u32) {
         let sock = self.conns[id].sock.as_ref().expect("connecting has a socket");
         match sock.take_error() {
             Ok(None) if events & WRITABLE != 0 => {}
@@ -401,11 +402,6 @@ impl Driver {
             }
         }
         self.interest(id, READABLE);
-        if self.cfg.raw {
-            self.set_state(id, State::Open);
-            b.on_open(self, id, now);
-            return;
-        }
         let key = generate_key();
         let t = &self.cfg.target;
         let c = &mut self.conns[id];
