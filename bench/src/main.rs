@@ -3,14 +3,23 @@
 //! - `idle`: userland memory per idle connection. Starts a Ringside echo server in a child
 //!   process (this binary, `serve` subcommand), warms it up, opens N idle WebSocket connections
 //!   and reports the server's RSS growth per connection, at N/2 and at N.
-//! - `serve`: the echo server the other subcommands start (not meant to be run by hand).
+//! - `compare`: Ringside against peers and the raw TCP echo limit (issue 4's matrix).
+//! - `scale`: one Ringside process holding 200,000 connections.
+//! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+//! - `serve`: the echo server `idle` starts (not meant to be run by hand).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod chart;
+mod compare;
+mod fanout;
+mod procs;
+mod scale;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
 use ringside_proto::handshake;
 
@@ -32,23 +41,86 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "io-uring")]
         backend: BackendArg,
     },
-    /// Server CPU per echoed message: a closed-loop echo load (C connections, K messages of S
-    /// bytes in flight each) against a server pinned to CPU 0, the client pinned to CPU 1.
-    Echo {
-        #[arg(long, default_value_t = 100)]
-        conns: usize,
-        /// Messages in flight per connection.
-        #[arg(long, default_value_t = 1)]
-        inflight: usize,
-        /// Payload bytes.
-        #[arg(long, default_value_t = 20)]
-        size: usize,
-        /// Seconds measured (after a 1 s warm-up).
-        #[arg(long, default_value_t = 5)]
-        secs: u64,
-        /// Runs per backend (servers alternate); the median is reported.
+    /// Ringside against peer servers and the raw TCP echo limit: the whole matrix, open loop at
+    /// equal load, connect rate, idle memory; writes docs/benchmarks.md and SVG charts.
+    Compare {
+        /// Runs per cell (servers alternate); the median is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Warm-up seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[command(flatten)]
+        cpus: Cpus,
+        /// Only contenders whose name contains one of these (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Only these rows of the matrix (0-based, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        rows: Vec<usize>,
+        /// Skip the open-loop pass.
+        #[arg(long)]
+        no_open_loop: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// One Ringside process holding N connections (200,000 by default) on io_uring.
+    Scale {
+        #[arg(long, default_value_t = 200_000)]
+        conns: u64,
+        /// Server workers (io_uring rings); 0: one per 15,000 connections.
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Source addresses 127.0.0.1 .. 127.0.0.N for the load generator.
+        #[arg(long, default_value_t = 10)]
+        source_addrs: u32,
+        /// Load generator processes (default: as the open-file limit requires).
+        #[arg(long)]
+        procs: Option<usize>,
+        /// Connections opened per second.
+        #[arg(long, default_value_t = 20_000.0)]
+        ramp_rate: f64,
+        /// Connections of the active echo sample.
+        #[arg(long, default_value_t = 1000)]
+        sample: u64,
+        #[arg(long, default_value_t = 5.0)]
+        hold_secs: f64,
+        #[arg(long, default_value_t = 5.0)]
+        sample_secs: f64,
+        /// Heading for the figures (name the machine).
+        #[arg(long, default_value = "2-core VM")]
+        label: String,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Fan-out: Ringside's broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+    Fanout {
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: u64,
+        /// Publishes per second in the latency runs.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Subscribers in the saturation runs.
+        #[arg(long, default_value_t = 1000)]
+        saturation_subscribers: u64,
+        /// Publishes in flight at saturation.
+        #[arg(long, default_value_t = 64)]
+        window: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
     },
     /// Run an echo server (used by the other subcommands).
     Serve {
@@ -59,6 +131,34 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+}
+
+/// Where servers and the load generator run.
+#[derive(Debug, clap::Args)]
+struct Cpus {
+    /// CPUs for the server under test (taskset list).
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// CPUs for the load generator (taskset list).
+    #[arg(long, default_value = "1")]
+    load_cpus: String,
+    /// Threads (workers) each server runs.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 1)]
+    load_threads: usize,
+}
+
+/// Where results go.
+#[derive(Debug, clap::Args)]
+struct Out {
+    /// The markdown file the results are spliced into.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/benchmarks.md"))]
+    doc: PathBuf,
+    /// Don't build the release binaries first (they are already built).
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,7 +189,86 @@ fn main() {
     let result = match args.command {
         Cmd::Serve { backend, listen, workers } => serve(backend, listen, workers),
         Cmd::Idle { conns, backend } => idle(conns, backend),
-        Cmd::Echo { conns, inflight, size, secs, runs } => echo(conns, inflight, size, secs, runs),
+        Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
+            .and_then(|()| {
+                compare::main(
+                    compare::Options {
+                        runs: runs.max(1),
+                        warmup,
+                        secs,
+                        server_cpus: cpus.server_cpus,
+                        load_cpus: cpus.load_cpus,
+                        server_threads: cpus.server_threads,
+                        load_threads: cpus.load_threads,
+                        only,
+                        rows,
+                        skip_open_loop: no_open_loop,
+                        doc: out.doc,
+                    },
+                    &command_line(),
+                )
+            }),
+        Cmd::Scale {
+            conns,
+            workers,
+            source_addrs,
+            procs,
+            ramp_rate,
+            sample,
+            hold_secs,
+            sample_secs,
+            label,
+            cpus,
+            out,
+        } => prepare(&out).and_then(|()| {
+            scale::main(
+                scale::Options {
+                    conns,
+                    workers,
+                    source_addrs,
+                    procs,
+                    ramp_rate,
+                    sample,
+                    hold_secs,
+                    sample_secs,
+                    server_cpus: cpus.server_cpus,
+                    load_cpus: cpus.load_cpus,
+                    load_threads: cpus.load_threads,
+                    doc: out.doc,
+                    label,
+                },
+                &command_line(),
+            )
+        }),
+        Cmd::Fanout {
+            subscribers,
+            rate,
+            size,
+            secs,
+            saturation_subscribers,
+            window,
+            runs,
+            cpus,
+            out,
+        } => prepare(&out).and_then(|()| {
+            fanout::main(
+                fanout::Options {
+                    subscribers,
+                    rate,
+                    size,
+                    secs,
+                    saturation_subscribers,
+                    window,
+                    runs: runs.max(1),
+                    server_cpus: cpus.server_cpus,
+                    load_cpus: cpus.load_cpus,
+                    server_threads: cpus.server_threads,
+                    load_threads: cpus.load_threads,
+                    doc: out.doc,
+                },
+                &command_line(),
+            )
+        }),
     };
     if let Err(e) = result {
         eprintln!("ringside-bench: {e}");
@@ -109,72 +288,6 @@ fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<
         .build(|| Echo)?;
     println!("listening on {}", server.local_addr());
     server.run()
-}
-
-/// A child server process, stopped on drop.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(backend: BackendArg) -> io::Result<Self> {
-        let mut child = Command::new("taskset")
-            .arg("-c")
-            .arg("0")
-            .arg(std::env::current_exe()?)
-            .args(["serve", "--backend", backend.flag()])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("server did not start: {line:?}")))?;
-        Ok(ServerProcess { child, addr })
-    }
-
-    /// User + system CPU time the server used so far, from /proc/PID/stat.
-    fn cpu(&self) -> io::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which may hold spaces) start past the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after the name.
-        // SAFETY: sysconf(3) has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Ok(Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz))
-    }
-
-    /// Resident set size in bytes, from /proc.
-    fn rss(&self) -> io::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| io::Error::other("no VmRSS in /proc/PID/status"))
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) with a pid we spawned; at worst it names an exited child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Opens a WebSocket connection (handshake done) and leaves it idle.
@@ -235,10 +348,13 @@ fn rand_key() -> [u8; 4] {
 }
 
 fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
-    let server = ServerProcess::start(backend)?;
+    let exe = std::env::current_exe()?;
+    let args = ["serve".to_owned(), "--backend".into(), backend.flag().into()];
+    let server = procs::ServerProcess::start("0", &exe, &args)?;
+    let rss = || procs::rss(server.pid());
     let warm = (conns / 10).clamp(1, 1_000);
     warm_up(server.addr, warm)?;
-    let base = server.rss()?;
+    let base = rss()?;
     let started = Instant::now();
     let mut held = Vec::with_capacity(conns);
     let mut half_rss = 0;
@@ -246,12 +362,12 @@ fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
         held.push(open(server.addr)?);
         if i + 1 == conns / 2 {
             std::thread::sleep(Duration::from_millis(500));
-            half_rss = server.rss()?;
+            half_rss = rss()?;
         }
     }
     let ramp = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let full_rss = server.rss()?;
+    let full_rss = rss()?;
     let per_conn = (full_rss.saturating_sub(base)) as f64 / conns as f64;
     let slope = (full_rss.saturating_sub(half_rss)) as f64 / (conns - conns / 2) as f64;
     println!(
@@ -273,133 +389,17 @@ fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
     Ok(())
 }
 
-/// One closed-loop echo run: returns (messages per second, server CPU microseconds per message).
-fn echo_run(
-    backend: BackendArg,
-    conns: usize,
-    inflight: usize,
-    size: usize,
-    secs: u64,
-) -> io::Result<(f64, f64)> {
-    use mio::net::TcpStream as MioStream;
-    use mio::{Events, Interest, Poll, Token};
-
-    let server = ServerProcess::start(backend)?;
-    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.get(1).copied()) {
-        core_affinity::set_for_current(core);
+/// Builds the release binaries unless told they are there.
+fn prepare(out: &Out) -> io::Result<()> {
+    if out.no_build {
+        Ok(())
+    } else {
+        procs::build_release()
     }
-    let mut frame = Vec::new();
-    ringside_proto::frame::write_frame(
-        &mut frame,
-        true,
-        ringside_proto::OpCode::Binary,
-        Some([1, 2, 3, 4]),
-        &vec![b'x'; size],
-    );
-    let reply_len = size + if size < 126 { 2 } else { 4 };
-    let mut poll = Poll::new()?;
-    let mut streams = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let s = open(server.addr)?;
-        s.set_nonblocking(true)?;
-        s.set_nodelay(true)?;
-        let mut s = MioStream::from_std(s);
-        poll.registry().register(&mut s, Token(i), Interest::READABLE)?;
-        streams.push(s);
-    }
-    // Unread reply bytes per connection; replies are counted, not parsed (the server only echoes).
-    let mut pending = vec![0usize; conns];
-    let burst: Vec<u8> = frame.repeat(inflight);
-    for s in &mut streams {
-        write_fully(s, &burst)?;
-    }
-    let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 1 << 16];
-    let mut out = Vec::with_capacity(frame.len() * inflight);
-    let warm_until = Instant::now() + Duration::from_secs(1);
-    let mut measuring: Option<(Instant, Duration, u64)> = None;
-    let mut echoed: u64 = 0;
-    loop {
-        let now = Instant::now();
-        if measuring.is_none() && now >= warm_until {
-            measuring = Some((now, server.cpu()?, echoed));
-        }
-        if let Some((start, _, _)) = measuring {
-            if now.duration_since(start) >= Duration::from_secs(secs) {
-                break;
-            }
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(100)))?;
-        for ev in events.iter() {
-            let i = ev.token().0;
-            loop {
-                match streams[i].read(&mut buf) {
-                    Ok(0) => return Err(io::Error::other("server closed a connection")),
-                    Ok(n) => {
-                        pending[i] += n;
-                        let done = pending[i] / reply_len;
-                        pending[i] %= reply_len;
-                        echoed += done as u64;
-                        // One write for every reply this read completed: keeps K in flight.
-                        out.clear();
-                        for _ in 0..done {
-                            out.extend_from_slice(&frame);
-                        }
-                        write_fully(&mut streams[i], &out)?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    let (start, cpu0, count0) = measuring.expect("measured");
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = server.cpu()?.saturating_sub(cpu0).as_secs_f64();
-    let msgs = (echoed - count0) as f64;
-    Ok((msgs / elapsed, cpu * 1e6 / msgs.max(1.0)))
 }
 
-/// `write_all` on a non-blocking socket: waits out `WouldBlock` (the server is reading).
-fn write_fully(stream: &mut impl Write, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match stream.write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn echo(conns: usize, inflight: usize, size: usize, secs: u64, runs: usize) -> io::Result<()> {
-    let backends = [BackendArg::IoUring, BackendArg::Epoll];
-    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); backends.len()];
-    for run in 0..runs.max(1) {
-        for (b, backend) in backends.iter().enumerate() {
-            let r = echo_run(*backend, conns, inflight, size, secs)?;
-            eprintln!(
-                "run {}: {:>8}: {:>10.0} msg/s, {:.2} us server CPU per message",
-                run + 1,
-                backend.flag(),
-                r.0,
-                r.1
-            );
-            results[b].push(r);
-        }
-    }
-    println!("echo: {conns} connections x {inflight} in flight x {size} B, {secs} s per run, median of {runs}:");
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let mut cpu = Vec::new();
-    for (b, backend) in backends.iter().enumerate() {
-        let rate = median(results[b].iter().map(|r| r.0).collect());
-        let per = median(results[b].iter().map(|r| r.1).collect());
-        cpu.push(per);
-        println!("  {:>8}: {rate:>10.0} msg/s, {per:.2} us server CPU per message", backend.flag());
-    }
-    println!("  io_uring / epoll server CPU per message: {:.2}", cpu[0] / cpu[1]);
-    Ok(())
+/// How this run was started, for the report.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo run --release -p ringside-bench -- {}", args.join(" "))
 }

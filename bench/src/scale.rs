@@ -1,0 +1,191 @@
+//! `ringside-bench scale`: one Ringside process holds N concurrent WebSocket connections
+//! (200,000 by default), measured while it holds them, then closes them all.
+//!
+//! The server runs on io_uring with more workers (rings) than CPUs: each ring's fixed-file table
+//! is capped at RLIMIT_NOFILE (20,000 here), and SO_REUSEPORT spreads connections over the
+//! workers' listeners, so N / workers must stay well under that cap. The load generator spreads
+//! over child processes (each under its own open-file limit) and source addresses 127.0.0.x
+//! (about 28,000 ephemeral ports per address pair).
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::procs::{self, errors, num, ServerProcess};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub conns: u64,
+    /// Server workers (rings); 0: enough for 15,000 connections each.
+    pub workers: usize,
+    pub source_addrs: u32,
+    pub procs: Option<usize>,
+    pub ramp_rate: f64,
+    pub sample: u64,
+    pub hold_secs: f64,
+    pub sample_secs: f64,
+    pub server_cpus: String,
+    pub load_cpus: String,
+    pub load_threads: usize,
+    /// Where the figures go, and the heading they go under.
+    pub doc: PathBuf,
+    pub label: String,
+}
+
+pub fn main(o: Options, command: &str) -> io::Result<()> {
+    let bins = procs::bin_dir()?;
+    let workers =
+        if o.workers == 0 { (o.conns as usize).div_ceil(15_000).max(1) } else { o.workers };
+    let per_worker = (o.conns as usize).div_ceil(workers);
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "io-uring",
+        "--no-pin",
+        "--idle-timeout",
+        "3600",
+        "--no-idle-ping",
+        "--handshake-timeout",
+        "60",
+        // Idle connections hold no receive buffer; a small ring per worker suffices.
+        "--recv-buffers",
+        "1024",
+        "--recv-buffer-size",
+        "4096",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain(["--workers".to_owned(), workers.to_string()])
+    .collect();
+    eprintln!(
+        "scale: {} connections on {workers} io_uring workers (~{per_worker} each), {} source \
+         addresses",
+        o.conns, o.source_addrs
+    );
+    let mut server = ServerProcess::start(&o.server_cpus, &bins.join("ringside"), &args)?;
+    let mut load: Vec<String> = [
+        "hold",
+        "--url",
+        &format!("ws://{}/", server.addr),
+        "--conns",
+        &o.conns.to_string(),
+        "--source-addrs",
+        &o.source_addrs.to_string(),
+        "--ramp-rate",
+        &o.ramp_rate.to_string(),
+        "--sample",
+        &o.sample.to_string(),
+        "--hold-secs",
+        &o.hold_secs.to_string(),
+        "--sample-secs",
+        &o.sample_secs.to_string(),
+        "--server-pid",
+        &server.pid().to_string(),
+        "--threads",
+        &o.load_threads.to_string(),
+        "--connect-timeout",
+        "30",
+        "--close-timeout",
+        "30",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(p) = o.procs {
+        load.extend(["--procs".to_owned(), p.to_string()]);
+    }
+    let limit = Duration::from_secs_f64(
+        o.conns as f64 / o.ramp_rate.max(1.0) * 3.0 + o.hold_secs + o.sample_secs + 300.0,
+    );
+    let report = procs::load(&bins, &o.load_cpus, &load, limit)?;
+    let alive = server.alive();
+    drop(server);
+    let md = render(&report, &o, workers, command, alive);
+    println!("{md}");
+    procs::splice_doc(&o.doc, &format!("scale {}", o.label), &md)?;
+    eprintln!("wrote {}", o.doc.display());
+    if num(&report, "held") < o.conns as f64 || errors(&report) > 0 {
+        return Err(io::Error::other(format!(
+            "held {} of {} connections with {} errors",
+            num(&report, "held"),
+            o.conns,
+            errors(&report)
+        )));
+    }
+    Ok(())
+}
+
+fn kib(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1} MiB", x / 1048576.0)
+    } else {
+        "-".into()
+    }
+}
+
+fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "### Scale: {} connections ({})\n", o.conns, o.label);
+    let _ = writeln!(
+        md,
+        "Machine: {}. Date: {}. One Ringside process, io_uring, {workers} workers (rings) on \
+         CPU(s) {}; `ringside-load hold` on CPU(s) {} over {} source addresses.\n",
+        procs::machine(),
+        procs::today(),
+        o.server_cpus,
+        o.load_cpus,
+        o.source_addrs
+    );
+    let _ = writeln!(md, "```sh\n{command}\n```\n");
+    let sock = |k: &str, f: &str| r.get(k).and_then(|s| s.get(f)).cloned().unwrap_or(Value::Null);
+    let rows: Vec<(&str, String)> = vec![
+        ("connections held", format!("{}", num(r, "held"))),
+        ("errors (refused, reset, handshake, timeout, closed, protocol, other)", {
+            let e = r.get("errors").cloned().unwrap_or(Value::Null);
+            format!("{} ({e})", errors(r))
+        }),
+        ("ramp", format!("{:.1} s, {:.0} connections/s", num(r, "ramp_s"), num(r, "ramp_rate"))),
+        (
+            "server RSS before / while holding",
+            format!("{} / {}", kib(num(r, "rss_before")), kib(num(r, "rss_held"))),
+        ),
+        ("server RSS per connection", format!("{:.0} B", num(r, "rss_per_conn"))),
+        (
+            "kernel: TCP sockets in use, TCP memory, MemAvailable (before / held)",
+            format!(
+                "{} / {} sockets; {} / {}; {} / {}",
+                sock("sockstat_before", "tcp_inuse"),
+                sock("sockstat_held", "tcp_inuse"),
+                kib(sock("sockstat_before", "tcp_mem_bytes").as_f64().unwrap_or(f64::NAN)),
+                kib(sock("sockstat_held", "tcp_mem_bytes").as_f64().unwrap_or(f64::NAN)),
+                kib(sock("sockstat_before", "mem_available_bytes").as_f64().unwrap_or(f64::NAN)),
+                kib(sock("sockstat_held", "mem_available_bytes").as_f64().unwrap_or(f64::NAN))
+            ),
+        ),
+        (
+            "echo on an active sample while all are held",
+            format!(
+                "{} connections: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+                o.sample,
+                num(r, "sample_latency_us.p50"),
+                num(r, "sample_latency_us.p99"),
+                num(r, "sample_latency_us.p999"),
+                num(r, "sample_latency_us.max")
+            ),
+        ),
+        (
+            "clean close of all",
+            format!("{} closed cleanly in {:.1} s", num(r, "closed_clean"), num(r, "close_s")),
+        ),
+        ("server still running at the end", alive.to_string()),
+    ];
+    let _ = writeln!(md, "| | |\n|---|---|");
+    for (k, v) in rows {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    md
+}
