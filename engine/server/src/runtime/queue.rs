@@ -250,6 +250,13 @@ impl SendQueue {
         }
         Some(if q.fly_parts.is_empty() {
             Out::Buf(&q.fly_buf[q.fly_sent..])
+        } else if q.iov.len() - q.iov_pos == 1 {
+            // One part left (a lone publish, the common fan-out case): a plain send is cheaper
+            // in the kernel than a one-element sendmsg.
+            let v = &q.iov[q.iov_pos];
+            // SAFETY: the iovec describes bytes of a buffer this queue holds, unmoved, until
+            // `complete` says they are sent.
+            Out::Buf(unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) })
         } else {
             Out::Msg(&q.msg)
         })
@@ -508,6 +515,27 @@ mod tests {
         assert!(q.complete(9));
         assert!(q.begin());
         assert!(matches!(q.in_flight(), Some(Out::Buf(b"next"))));
+    }
+
+    #[test]
+    fn a_lone_shared_frame_goes_out_as_a_plain_send_of_the_shared_bytes() {
+        let mut pool = Pool::default();
+        let mut q = SendQueue::default();
+        let frame = Bytes::from(vec![7u8; 100]);
+        q.push_shared(&mut pool, frame.clone());
+        assert!(q.begin());
+        match q.in_flight() {
+            Some(Out::Buf(b)) => {
+                assert_eq!((b.as_ptr(), b.len()), (frame.as_ptr(), 100), "no copy")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!q.complete(40));
+        match q.in_flight() {
+            Some(Out::Buf(b)) => assert_eq!(b.as_ptr(), frame[40..].as_ptr()),
+            other => panic!("{other:?}"),
+        }
+        assert!(q.complete(60));
     }
 
     #[test]
