@@ -95,6 +95,11 @@ pub struct Common {
     /// Most handshakes in progress at once, over all threads and processes.
     #[arg(long, default_value_t = 1000)]
     pub max_pending: usize,
+    /// Microseconds each thread polls without sleeping after its last event before it blocks
+    /// (0: block at once). Over loopback a sleeping receiver makes every send of the server pay
+    /// for waking it (an inter-processor interrupt); a real client is on another host.
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

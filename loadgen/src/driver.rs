@@ -79,6 +79,8 @@ pub struct Config {
     pub raw: bool,
     pub connect_timeout_ns: u64,
     pub close_timeout_ns: u64,
+    /// How long to poll without sleeping after the last event (see `--spin-us`).
+    pub spin_ns: u64,
     pub source_addrs: Vec<Ipv4Addr>,
     pub ports: Option<Ports>,
 }
@@ -306,7 +308,19 @@ impl Driver {
                 timeout = timeout.min(deadline.saturating_sub(now));
             }
         }
-        let n = self.epoll.wait(timeout)?;
+        let mut n = 0;
+        if self.cfg.spin_ns > 0 && timeout > 0 {
+            let until = now + self.cfg.spin_ns.min(timeout);
+            loop {
+                n = self.epoll.wait(0)?;
+                if n > 0 || sys::now_ns() >= until {
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            n = self.epoll.wait(timeout)?;
+        }
         for i in 0..n {
             let (events, token) = self.epoll.event(i);
             self.handle(b, events, token);

@@ -212,6 +212,7 @@ fn run_inner(
         raw: common.raw_echo,
         connect_timeout_ns: secs_ns(common.connect_timeout),
         close_timeout_ns: secs_ns(common.close_timeout),
+        spin_ns: common.spin_us.saturating_mul(1000),
         source_addrs: spec.source_addrs.clone(),
         ports: spec.ports,
     };

@@ -59,6 +59,33 @@ impl FrameReader {
     ) -> Result<bool, Error> {
         let mut at = 0;
         while at < buf.len() {
+            if self.frame.is_none() && self.head_len == 0 && self.message.is_none() {
+                // The common case: a whole unfragmented frame in this read. It needs no state.
+                if let Some((h, used)) = decode_header(&buf[at..], rules)? {
+                    let start = at + used;
+                    if h.fin
+                        && h.opcode != OpCode::Continuation
+                        && h.len <= (buf.len() - start) as u64
+                    {
+                        let end = start + h.len as usize;
+                        at = end;
+                        let capture = h.opcode.is_control() || capture_data;
+                        let payload = &mut buf[start..end];
+                        if let (true, Some(key)) = (capture, h.mask) {
+                            mask::apply(payload, key, 0);
+                        }
+                        let frame = Frame {
+                            opcode: h.opcode,
+                            len: h.len,
+                            payload: capture.then_some(&*payload),
+                        };
+                        if !on(frame) {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                }
+            }
             let Some(mut cur) = self.frame.take() else {
                 let Some((header, used)) = self.header(&buf[at..], rules)? else {
                     return Ok(true);

@@ -325,7 +325,7 @@ impl<H: Handler> Core<H> {
                         }
                         continue;
                     }
-                    conn.io.queue.push_shared(&mut self.ctx.pool, frame.clone());
+                    conn.io.queue.push_published(&mut self.ctx.pool, &frame);
                     self.ctx.mark_dirty(id, &mut conn.io);
                 }
                 self.close_slow(&mut slow);
@@ -382,7 +382,7 @@ impl<H: Handler> Core<H> {
                     counts.conflated += 1;
                 }
             } else if policy.fits(queue.len(), len) {
-                queue.push_shared(pool, p.frame.clone());
+                queue.push_published(pool, &p.frame);
                 counts.delivered += 1;
             } else {
                 match policy.slow_consumer {
