@@ -38,6 +38,8 @@ pub(crate) struct Core<H> {
     remote: Vec<Vec<Publication>>,
     /// Scratch list of subscribers to close for falling behind.
     slow: Vec<usize>,
+    /// The dirty list being flushed, swapped with `ctx.dirty` so neither allocates per iteration.
+    flushing: Vec<usize>,
 }
 
 impl<H> std::fmt::Debug for Core<H> {
@@ -85,6 +87,7 @@ impl<H: Handler> Core<H> {
             to_close: Vec::new(),
             remote,
             slow: Vec::new(),
+            flushing: Vec::new(),
         }
     }
 
@@ -567,7 +570,10 @@ pub(crate) fn run<H: Handler, B: Backend>(
 /// Sends what each dirty connection queued this iteration, applies backpressure, closes.
 fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     let high_water = core.ctx.settings.send_high_water;
-    for id in std::mem::take(&mut core.ctx.dirty) {
+    // Callbacks below (on_drain) may mark connections dirty again: those go to the next flush.
+    let mut dirty = std::mem::take(&mut core.flushing);
+    std::mem::swap(&mut dirty, &mut core.ctx.dirty);
+    for id in dirty.drain(..) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.dirty = false;
         let queue = &mut conn.io.queue;
@@ -589,6 +595,7 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
             conn.io.queue.recycle(&mut core.ctx.pool);
         }
     }
+    core.flushing = dirty;
     for (id, hard) in std::mem::take(&mut core.to_close) {
         backend.close(id, hard);
     }
