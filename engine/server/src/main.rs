@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ringside::{
@@ -98,6 +98,10 @@ struct Args {
     /// Most connections per worker.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections_per_worker: usize,
+    /// Print a line of counters (connections, publishes delivered, dropped, conflated,
+    /// slow consumers closed) to stderr every this many seconds; 0: never.
+    #[arg(long, default_value_t = 0)]
+    metrics: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -248,8 +252,10 @@ fn run(args: Args) -> io::Result<()> {
     let fd_limit = raise_fd_limit();
     let builder = Server::builder().settings(settings.clone());
     match args.app {
-        App::Echo => serve(builder.build(|| Echo)?, &settings, fd_limit, "echo"),
-        App::Broadcast => serve(builder.build(|| Broadcast)?, &settings, fd_limit, "broadcast"),
+        App::Echo => serve(builder.build(|| Echo)?, &settings, fd_limit, "echo", args.metrics),
+        App::Broadcast => {
+            serve(builder.build(|| Broadcast)?, &settings, fd_limit, "broadcast", args.metrics)
+        }
     }
 }
 
@@ -258,6 +264,7 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     s: &Settings,
     fd_limit: u64,
     app: &str,
+    metrics_secs: u64,
 ) -> io::Result<()> {
     let workers = match s.workers {
         Workers::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -291,8 +298,19 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     let handle = server.spawn()?;
     // Tests and scripts read the bound address from this line.
     println!("ringside: listening on {addr}");
+    let every = Duration::from_secs(metrics_secs);
+    let mut next_metrics = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
+        if metrics_secs > 0 && Instant::now() >= next_metrics {
+            next_metrics += every;
+            let m = handle.stats();
+            eprintln!(
+                "ringside: metrics: connections {}, delivered {}, dropped {}, conflated {}, \
+                 slow consumers closed {}",
+                m.connections, m.delivered, m.dropped, m.conflated, m.slow_closed
+            );
+        }
     }
     handle.shutdown()?;
     eprintln!("ringside: shut down");

@@ -290,6 +290,18 @@ fn broadcast_app_speaks_the_pubsub_protocol_io_uring() {
 }
 
 #[test]
+fn metrics_lines_count_the_connections() {
+    let server = Server::start("epoll", &["--metrics", "1"]);
+    let _clients: Vec<Client> = (0..3).map(|_| Client::connect(server.addr).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = "ringside: metrics: connections 3, delivered 0";
+    while !server.stderr.lock().unwrap().contains(want) {
+        assert!(Instant::now() < deadline, "no {want:?}: {}", server.stderr.lock().unwrap());
+        sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn bad_flags_are_clear_errors() {
     let (status, stderr) = run_to_exit(&["--backend", "kqueue"], &[]);
     assert!(!status.success(), "{status}");
