@@ -1,7 +1,8 @@
 //! Topics: each worker's table of which of its connections subscribe to what.
 //!
 //! A worker knows only its own subscribers. A publish is encoded once into [`Bytes`]; the worker
-//! where it happens hands a clone (a reference count, no copy) to each of its subscribers, and
+//! where it happens hands a clone (a reference count, no copy; frames up to
+//! `queue::COPY_SHARED_MAX` bytes are copied, which costs less) to each of its subscribers, and
 //! queues one copy for every other worker, sent in one batch per loop iteration over the
 //! workers' channels (a copy per worker, not per subscriber, so that workers never share a
 //! reference count's cache line). Each worker delivers a batch in order, so one publisher's
