@@ -81,10 +81,10 @@ struct Args {
     #[arg(long, default_value_t = 4096)]
     ring_entries: u32,
     /// io_uring provided receive buffers per worker.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 2048)]
     recv_buffers: u32,
-    /// Receive buffer size, bytes.
-    #[arg(long, default_value_t = 16 << 10)]
+    /// Receive buffer size, bytes (epoll's one shared buffer is at least 64 KiB).
+    #[arg(long, default_value_t = 32 << 10)]
     recv_buffer_size: usize,
     /// Origins allowed to connect, comma-separated (exact match); empty: any.
     #[arg(long, value_delimiter = ',')]
