@@ -34,6 +34,9 @@ struct Conn {
     paused: bool,
     /// The socket may hold unread bytes (paused, or its turn ended before EAGAIN).
     readable: bool,
+    /// An event reported the peer's FIN or an error: read to EOF, since no later edge will
+    /// announce what is already queued.
+    read_closed: bool,
     /// `close(graceful)` was asked: shut the write side once everything is written.
     closing: bool,
     /// Bytes of the send queue could not be written yet (waiting for EPOLLOUT).
@@ -117,6 +120,7 @@ impl Epoll {
                 hung_up: false,
                 paused: false,
                 readable: false,
+                read_closed: false,
                 closing: false,
                 unsent: false,
                 write_shut: false,
@@ -140,9 +144,10 @@ impl Epoll {
                     self.hang_up(id, driver);
                     return;
                 }
-                Ok(n) if n < self.buf.len() => {
-                    // A short read drained the socket: more data will raise a new edge (epoll
-                    // reports every arrival), so the read that would only say EAGAIN is saved.
+                Ok(n) if n < self.buf.len() && !conn.read_closed => {
+                    // A short read drained the socket: more data, or the FIN, will raise a new
+                    // edge (epoll reports every arrival), so the read that would only say
+                    // EAGAIN is saved. Not when the FIN is already in: nothing would report it.
                     conn.readable = false;
                     driver.on_data(id, &mut self.buf[..n]);
                     return;
@@ -261,6 +266,11 @@ impl Backend for Epoll {
                                     driver.on_sent(id);
                                 }
                             }
+                        }
+                    }
+                    if event.is_read_closed() || event.is_error() {
+                        if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+                            conn.read_closed = true;
                         }
                     }
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
