@@ -532,7 +532,6 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
         let _ = writeln!(md, " |");
     }
     let _ = writeln!(md);
-    let mut p99_ok = true;
     let mut p99_worse = Vec::new();
     if !res.open.is_empty() {
         let _ = writeln!(
@@ -558,8 +557,8 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
                 _ => f64::NAN,
             };
             if ratio > 1.0 {
-                p99_ok = false;
-                p99_worse.push(format!("{} ({ratio:.2})", row.label()));
+                // Three digits: a ratio of 1.003 must not read as 1.00.
+                p99_worse.push(format!("{} ({ratio:.3})", row.label()));
             }
             let _ = writeln!(md, " {} |", fmt(ratio, 2));
         }
@@ -622,7 +621,7 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
         let _ = writeln!(
             md,
             "- Open loop at equal load: Ringside's best p99 is {}.",
-            if p99_ok {
+            if p99_worse.is_empty() {
                 "no worse than the best peer's on every row".to_owned()
             } else {
                 format!("**worse** than the best peer's on {}", p99_worse.join(", "))

@@ -60,7 +60,11 @@ impl FrameReader {
         let mut at = 0;
         while at < buf.len() {
             if self.frame.is_none() && self.head_len == 0 && self.message.is_none() {
-                // The common case: a whole unfragmented frame in this read. It needs no state.
+                // The common case: a whole unfragmented frame in this read. It needs no state,
+                // so it is checked before `self.frame.take()`: going through that and
+                // `self.header()` first measured ~10% fewer fan-out deliveries per second on one
+                // core. A frame that is not whole here has its header decoded again below (only
+                // frames split across reads).
                 if let Some((h, used)) = decode_header(&buf[at..], rules)? {
                     let start = at + used;
                     if h.fin
