@@ -443,7 +443,7 @@ const HEALTH_OK: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
 
 impl<H: Handler> Driver for Core<H> {
-    fn on_accept(&mut self) -> Option<usize> {
+    fn on_accept(&mut self, _peer: Option<std::net::SocketAddr>) -> Option<usize> {
         if self.conns.len() >= self.ctx.settings.max_connections_per_worker
             || self.ctx.shared.is_shutting_down()
         {

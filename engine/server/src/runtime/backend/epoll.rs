@@ -89,8 +89,8 @@ impl Epoll {
     fn accept(&mut self, driver: &mut dyn Driver) {
         loop {
             let Some(listener) = &self.listener else { return };
-            let mut stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+            let (mut stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_transient_accept_error(&e) => {
                     // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; the next
@@ -100,7 +100,7 @@ impl Epoll {
                 }
                 Err(_) => continue,
             };
-            let Some(id) = driver.on_accept() else { continue };
+            let Some(id) = driver.on_accept(Some(peer)) else { continue };
             let _ = stream.set_nodelay(true);
             if let Err(e) = self.poll.registry().register(
                 &mut stream,

@@ -29,9 +29,10 @@ use std::time::Duration;
 
 /// What a backend tells the worker.
 pub trait Driver {
-    /// A connection was accepted; returns the id to use for it, or `None` to refuse it (the
-    /// backend then closes the socket).
-    fn on_accept(&mut self) -> Option<usize>;
+    /// A connection from `peer` (the TCP peer address, `None` only where the backend could not
+    /// learn it) was accepted; returns the id to use for it, or `None` to refuse it (the backend
+    /// then closes the socket).
+    fn on_accept(&mut self, peer: Option<std::net::SocketAddr>) -> Option<usize>;
     /// Bytes arrived on `id`. The buffer is the backend's (a provided buffer, the shared receive
     /// buffer); the driver may modify it in place (unmasking) but not keep it.
     fn on_data(&mut self, id: usize, data: &mut [u8]);

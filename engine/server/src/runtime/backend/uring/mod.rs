@@ -528,7 +528,7 @@ impl Uring {
         if res >= 0 {
             let slot = res as u32;
             let id = match self.accept {
-                Accept::Armed => driver.on_accept(),
+                Accept::Armed => driver.on_accept(None),
                 _ => None,
             };
             match id {

@@ -28,7 +28,7 @@ struct Recorder {
 }
 
 impl Driver for Recorder {
-    fn on_accept(&mut self) -> Option<usize> {
+    fn on_accept(&mut self, _peer: Option<SocketAddr>) -> Option<usize> {
         self.next += 1;
         self.queues.push(SendQueue::default());
         self.events.push(format!("accept {}", self.next - 1));
