@@ -9,8 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringside::{Backend, Handler, Message, Server, ServerHandle, Upgrade, WebSocket, Workers};
-use ringside_proto::handshake::{parse_request, validate, HandshakeConfig, Request};
+use ringside::{
+    Backend, Handler, Message, Server, ServerHandle, Upgrade, Upgrading, WebSocket, Workers,
+};
+use ringside_proto::handshake::{parse_request, validate, HandshakeConfig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringside-load");
@@ -46,6 +48,7 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(factory: F) -> Runnin
 struct Echo;
 
 impl Handler for Echo {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let _ = ws.send(msg);
     }
@@ -56,6 +59,7 @@ impl Handler for Echo {
 struct PubSub;
 
 impl Handler for PubSub {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let Message::Text(text) = msg else {
             let _ = ws.send_text("error binary");
@@ -80,7 +84,8 @@ impl Handler for PubSub {
 struct Refuse;
 
 impl Handler for Refuse {
-    fn on_upgrade(&mut self, _request: &Request<'_>) -> Upgrade {
+    type Conn = ();
+    fn on_upgrade(&mut self, _request: &Upgrading<'_>) -> Upgrade<()> {
         Upgrade::Reject(403)
     }
     fn on_message(&mut self, _ws: &mut WebSocket<'_>, _msg: Message<'_>) {}

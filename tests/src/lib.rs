@@ -121,6 +121,7 @@ impl Drop for TestServer {
 pub struct Echo;
 
 impl Handler for Echo {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let _ = ws.send(msg);
     }

@@ -11,7 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use ringside::{Backend, CloseCode, Handler, Message, Request, Upgrade, WebSocket};
+use ringside::{Backend, CloseCode, Handler, Message, Upgrade, Upgrading, WebSocket};
 use ringside_tests::{each_backend, raw_frame, read_some, Client, Seen, TestServer, WAIT};
 
 const FIN: u8 = 0x80;
@@ -482,11 +482,12 @@ each_backend! {
 struct Closer;
 
 impl Handler for Closer {
-    fn on_upgrade(&mut self, request: &Request<'_>) -> Upgrade {
+    type Conn = ();
+    fn on_upgrade(&mut self, request: &Upgrading<'_>) -> Upgrade<()> {
         if request.path() == "/private" {
             Upgrade::Reject(401)
         } else {
-            Upgrade::Accept
+            Upgrade::Accept(())
         }
     }
 
@@ -495,7 +496,7 @@ impl Handler for Closer {
             Message::Text(t) if t.starts_with("close ") => {
                 ws.close(CloseCode(t[6..].parse().unwrap()), "asked to");
                 // Nothing can be sent after the close.
-                assert!(ws.send_text("late").is_err());
+                assert_eq!(ws.send_text("late"), ringside::SendStatus::Closing);
             }
             msg => {
                 let _ = ws.send(msg);
@@ -788,7 +789,7 @@ fn exchange_head(addr: SocketAddr, request: &[u8]) -> String {
 
 each_backend! {
     fn hs_plain_http_requests(backend) {
-        let server = TestServer::echo(backend);
+        let server = TestServer::start(backend, |b| b.health_path("/health"), || ringside_tests::Echo);
         let health = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
         let r = exchange(server.addr, health);
         assert_eq!(r.status, 200, "{r:?}");

@@ -14,7 +14,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use ringside::{
-    Backend, Builder, CloseCode, Handler, Message, Request, SlowConsumer, Upgrade, WebSocket,
+    Backend, Builder, CloseCode, Handler, Message, SlowConsumer, Upgrade, Upgrading, WebSocket,
 };
 use ringside_proto::{Config, Connection, Role};
 use ringside_tests::{
@@ -65,10 +65,11 @@ const FLOOD: usize = 100;
 const BURST: usize = 4;
 
 impl Handler for Noisy {
-    fn on_upgrade(&mut self, request: &Request<'_>) -> Upgrade {
+    type Conn = ();
+    fn on_upgrade(&mut self, request: &Upgrading<'_>) -> Upgrade<()> {
         // on_open for this connection follows right after, on this thread.
         self.flood_next = request.path() == "/flood";
-        Upgrade::Accept
+        Upgrade::Accept(())
     }
 
     fn on_open(&mut self, ws: &mut WebSocket<'_>) {
@@ -373,6 +374,7 @@ each_backend! {
 struct CountDrains(Arc<AtomicUsize>);
 
 impl Handler for CountDrains {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let _ = ws.send(msg);
     }

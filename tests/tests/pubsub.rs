@@ -18,6 +18,7 @@ use socket2::{Domain, Socket, Type};
 struct PubSub;
 
 impl Handler for PubSub {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let Message::Text(line) = msg else { return };
         let mut words = line.splitn(4, ' ');
@@ -41,7 +42,7 @@ impl Handler for PubSub {
                 ws.publish_keyed(t, key.parse().unwrap(), Message::Text(payload));
             }
             (Some("who"), None, None, None) => {
-                let _ = ws.send_text(&format!("worker {}", ws.id().worker));
+                let _ = ws.send_text(&format!("worker {}", ws.id().worker()));
             }
             _ => panic!("bad test command {line:?}"),
         }

@@ -3,48 +3,45 @@
 //!
 //! `cargo run --release -p ringside --example chat -- 127.0.0.1:9002`
 
-use std::collections::HashMap;
+use ringside::{CloseCode, Handler, Message, Server, WebSocket};
 
-use ringside::{CloseCode, ConnId, Handler, Message, Server, WebSocket};
-
-#[derive(Default)]
-struct Chat {
-    /// Names of this worker's clients (each worker has its own handler).
-    names: HashMap<ConnId, String>,
-}
+/// The room. Each connection's name lives in its own state (`type Conn`), so no lookup per
+/// message.
+struct Chat;
 
 impl Handler for Chat {
-    fn on_open(&mut self, ws: &mut WebSocket<'_>) {
-        let name = format!("guest-{}-{}", ws.id().worker, ws.id().slot);
+    type Conn = String;
+
+    fn on_open(&mut self, ws: &mut WebSocket<'_, String>) {
+        let name = format!("guest-{}", ws.id());
         ws.broadcast(Message::Text(&format!("* {name} joined")));
-        self.names.insert(ws.id(), name);
+        *ws.data_mut() = name;
     }
 
-    fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
+    fn on_message(&mut self, ws: &mut WebSocket<'_, String>, msg: Message<'_>) {
         let Message::Text(text) = msg else {
             ws.close(CloseCode::UNSUPPORTED_DATA, "text only");
             return;
         };
-        let name = self.names.entry(ws.id()).or_default();
         if let Some(new) = text.strip_prefix("/nick ") {
-            let line = format!("* {name} is now {new}");
-            *name = new.trim().to_owned();
+            let line = format!("* {} is now {new}", ws.data());
+            *ws.data_mut() = new.trim().to_owned();
             ws.broadcast(Message::Text(&line));
         } else {
-            ws.broadcast(Message::Text(&format!("{name}: {text}")));
+            let line = format!("{}: {text}", ws.data());
+            ws.broadcast(Message::Text(&line));
         }
     }
 
-    fn on_close(&mut self, ws: &mut WebSocket<'_>, _code: CloseCode, _reason: &str) {
-        if let Some(name) = self.names.remove(&ws.id()) {
-            ws.broadcast(Message::Text(&format!("* {name} left")));
-        }
+    fn on_close(&mut self, ws: &mut WebSocket<'_, String>, _code: CloseCode, _reason: &str) {
+        let line = format!("* {} left", ws.data());
+        ws.broadcast(Message::Text(&line));
     }
 }
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9002".into());
-    let server = Server::builder().bind(addr)?.build(Chat::default)?;
+    let server = Server::builder().bind(addr)?.build(|| Chat)?;
     println!("chat on ws://{} ({})", server.local_addr(), server.backend_name());
     server.run()
 }

@@ -7,6 +7,7 @@ use ringside::{Handler, Message, Server, WebSocket};
 struct Echo;
 
 impl Handler for Echo {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let _ = ws.send(msg);
     }

@@ -35,6 +35,7 @@ struct Args {
 struct Ticker;
 
 impl Handler for Ticker {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let Message::Text(line) = msg else { return };
         let reply = match line.split_once(' ') {

@@ -98,10 +98,38 @@ struct Args {
     /// Most connections per worker.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections_per_worker: usize,
+    /// Share the port with other processes already listening on it (SO_REUSEPORT); without
+    /// it, a port in use is an error.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Answer `200 ok` to a plain GET of this path (load balancers' health checks); "" for none.
+    #[arg(long, default_value = "/health")]
+    health_path: String,
+    /// Log format on stderr: text or json (one object per line). Levels come from RUST_LOG
+    /// (default info), e.g. RUST_LOG=ringside=debug.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Print a line of counters (connections, publishes delivered, dropped, conflated,
     /// slow consumers closed) to stderr every this many seconds; 0: never.
     #[arg(long, default_value_t = 0)]
     metrics: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: RUST_LOG's filter (default info) on stderr.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +184,7 @@ enum App {
 struct Echo;
 
 impl Handler for Echo {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let _ = ws.send(msg);
     }
@@ -165,6 +194,7 @@ impl Handler for Echo {
 struct Broadcast;
 
 impl Handler for Broadcast {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let Message::Text(line) = msg else {
             let _ = ws.send_text("error binary messages are not part of this protocol");
@@ -198,6 +228,7 @@ impl Handler for Broadcast {
 
 fn main() {
     let args = Args::parse();
+    init_logs(args.log_format);
     if let Err(e) = run(args) {
         eprintln!("ringside: {e}");
         std::process::exit(1);
@@ -248,7 +279,11 @@ fn run(args: Args) -> io::Result<()> {
         recv_buffer_size: args.recv_buffer_size,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         max_connections_per_worker: args.max_connections_per_worker,
+        reuse_port: args.reuse_port,
+        health_path: (!args.health_path.is_empty()).then(|| args.health_path.clone()),
+        ..Settings::default()
     };
+    settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let fd_limit = raise_fd_limit();
     let builder = Server::builder().settings(settings.clone());
     match args.app {

@@ -1,191 +1,23 @@
-//! The public API: the builder with every tunable, the `Handler` an application implements, the
-//! `WebSocket` handle it gets in callbacks, and the handle of a running server.
+//! The top of the public API: the builder, a bound server ([`Running`]), the handle of a
+//! started one ([`ServerHandle`]), and the handles that reach workers from any thread
+//! ([`Sender`], [`Publisher`]).
 
+use std::any::TypeId;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ringside_proto::handshake::Request;
+use bytes::Bytes;
 use ringside_proto::{CloseCode, Message};
 
-use crate::runtime;
-pub use crate::runtime::conn::WebSocket;
-
-/// How many workers (event loops, one thread each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workers {
-    /// One per online CPU.
-    PerCore,
-    /// Exactly this many.
-    Count(usize),
-}
-
-/// The I/O backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backend {
-    /// io_uring when the kernel has every operation it needs, else epoll (logged).
-    Auto,
-    /// io_uring; fails to start if the kernel lacks it.
-    IoUring,
-    /// epoll through mio.
-    Epoll,
-}
-
-/// What happens to a connection whose send queue passes the hard limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SlowConsumer {
-    /// Close it with 1008 (policy violation). For streams where a gap is worse than a reconnect.
-    Close,
-    /// Drop the message for that connection, and count it.
-    Drop,
-    /// On topics: keep only the latest message per key for that connection (a message still
-    /// waiting is replaced by the newer one with the same key), so a lagging subscriber gets the
-    /// latest price or state, never a stale backlog. Memory stays bounded by the number of keys.
-    /// For messages that are not publishes, the same as `Drop`.
-    Conflate,
-}
-
-/// How a topic treats a subscriber that falls behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopicPolicy {
-    /// What happens to a publish that does not fit under `limit`.
-    pub slow_consumer: SlowConsumer,
-    /// Queued bytes (of everything the connection has queued) above which the policy applies.
-    pub limit: usize,
-}
-
-/// A per-topic policy: for topics named `pattern`, or starting with it if it ends with `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicRule {
-    /// A topic name, or a prefix followed by `*`.
-    pub pattern: String,
-    /// The policy for those topics.
-    pub policy: TopicPolicy,
-}
-
-/// The handler's answer to an upgrade request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upgrade {
-    /// Complete the handshake.
-    Accept,
-    /// Refuse with this HTTP status (kept within 400..=599), e.g. 401 or 404.
-    Reject(u16),
-}
-
-/// An application: one instance per worker, called on that worker's thread. Callbacks must not
-/// block; work that blocks belongs on the application's own threads.
-pub trait Handler: 'static {
-    /// Decide on an upgrade request that passed every RFC check (auth, path, origin beyond the
-    /// allow-list). Default: accept.
-    fn on_upgrade(&mut self, request: &Request<'_>) -> Upgrade {
-        let _ = request;
-        Upgrade::Accept
-    }
-    /// A connection is open.
-    fn on_open(&mut self, ws: &mut WebSocket<'_>) {
-        let _ = ws;
-    }
-    /// A complete message arrived. `msg` borrows the receive buffer: copy what you keep.
-    fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>);
-    /// The connection's send queue fell back under the high-water mark after passing it.
-    fn on_drain(&mut self, ws: &mut WebSocket<'_>) {
-        let _ = ws;
-    }
-    /// The connection is closed: `code` is the peer's close code, 1005 when its close frame had
-    /// none, 1006 when it went away without one, or the code we failed it with. Nothing can be
-    /// sent any more.
-    fn on_close(&mut self, ws: &mut WebSocket<'_>, code: CloseCode, reason: &str) {
-        let _ = (ws, code, reason);
-    }
-}
-
-/// Every tunable, with its default.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Address to listen on. Default 127.0.0.1:9001.
-    pub listen: SocketAddr,
-    /// Worker count. Default one per CPU.
-    pub workers: Workers,
-    /// I/O backend. Default auto.
-    pub backend: Backend,
-    /// Pin worker i to CPU i (mod CPU count). Default on.
-    pub pin: bool,
-    /// Largest message accepted (1009 beyond). Default 16 MiB.
-    pub max_message_size: u64,
-    /// Largest frame accepted (1009 beyond). Default 16 MiB.
-    pub max_frame_size: u64,
-    /// Largest request head (431 beyond). Default 8 KiB.
-    pub max_head_bytes: usize,
-    /// Close connections silent for this long (a ping goes out at half of it if `ping_idle`).
-    /// Default 120 s.
-    pub idle_timeout: Duration,
-    /// Ping idle connections at half the idle timeout, so live peers stay open. Default on.
-    pub ping_idle: bool,
-    /// A client must complete its upgrade request within this (slowloris). Default 10 s.
-    pub handshake_timeout: Duration,
-    /// After our close frame, wait this long for the peer's before dropping TCP. Default 5 s.
-    pub close_timeout: Duration,
-    /// Queued bytes above which `on_drain` is armed and reading pauses. Default 1 MiB.
-    pub send_high_water: usize,
-    /// Queued bytes above which the slow-consumer policy applies. Default 16 MiB.
-    pub send_limit: usize,
-    /// The slow-consumer policy. Default close (1008).
-    pub slow_consumer: SlowConsumer,
-    /// Per-topic policies, first match wins; other topics use `slow_consumer` and `send_limit`.
-    pub topic_rules: Vec<TopicRule>,
-    /// Most topics one connection may subscribe to. Default 4096.
-    pub max_subscriptions: usize,
-    /// Origins allowed to connect (exact match, case-insensitive); empty: any. Default empty.
-    pub allowed_origins: Vec<String>,
-    /// Subprotocols, in the server's order of preference. Default none.
-    pub subprotocols: Vec<String>,
-    /// io_uring submission queue entries (the completion queue gets 4x). Default 4096.
-    pub ring_entries: u32,
-    /// io_uring provided receive buffers per worker. Default 2048.
-    pub recv_buffers: u32,
-    /// Size of each io_uring receive buffer (epoll's shared one is at least 64 KiB). Default
-    /// 32 KiB: a 16 KiB message with its header arrives in one buffer and is parsed in place.
-    pub recv_buffer_size: usize,
-    /// On shutdown, wait this long for clients to answer our 1001 close. Default 5 s.
-    pub shutdown_timeout: Duration,
-    /// Most connections one worker holds (further accepts are refused). Default 1,000,000.
-    pub max_connections_per_worker: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
-            workers: Workers::PerCore,
-            backend: Backend::Auto,
-            pin: true,
-            max_message_size: 16 << 20,
-            max_frame_size: 16 << 20,
-            max_head_bytes: 8 << 10,
-            idle_timeout: Duration::from_secs(120),
-            ping_idle: true,
-            handshake_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(5),
-            send_high_water: 1 << 20,
-            send_limit: 16 << 20,
-            slow_consumer: SlowConsumer::Close,
-            topic_rules: Vec::new(),
-            max_subscriptions: 4096,
-            allowed_origins: Vec::new(),
-            subprotocols: Vec::new(),
-            ring_entries: 4096,
-            recv_buffers: 2048,
-            recv_buffer_size: 32 << 10,
-            shutdown_timeout: Duration::from_secs(5),
-            max_connections_per_worker: 1_000_000,
-        }
-    }
-}
+use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
+use crate::config::{Backend, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
+use crate::runtime::handle::Ctx;
+use crate::runtime::worker::Core;
+use crate::runtime::{self, pubsub, Command};
 
 /// The entry point.
 #[derive(Debug)]
@@ -265,6 +97,20 @@ impl Builder {
         shutdown_timeout: Duration,
         /// Connection cap per worker.
         max_connections_per_worker: usize,
+        /// Share the port with other processes.
+        reuse_port: bool,
+    }
+
+    /// Answers `200 ok` to a plain GET of `path` (a load balancer's health check).
+    pub fn health_path(mut self, path: &str) -> Self {
+        self.settings.health_path = Some(path.to_owned());
+        self
+    }
+
+    /// Calls [`Handler::on_tick`] on every worker every `period` (millisecond resolution).
+    pub fn tick(mut self, period: Duration) -> Self {
+        self.settings.tick = Some(period);
+        self
     }
 
     /// Sets the policy of the topics named `pattern` (or starting with it, if it ends with
@@ -285,13 +131,15 @@ impl Builder {
         &self.settings
     }
 
-    /// Binds the listeners and prepares the workers; `factory` makes one handler per worker.
-    pub fn build<H, F>(self, factory: F) -> io::Result<Running<H, F>>
+    /// Checks the settings, binds the listeners and prepares the workers; `factory` makes one
+    /// handler per worker.
+    pub fn build<H, F>(self, factory: F) -> Result<Running<H, F>, Error>
     where
         H: Handler,
         F: Fn() -> H + Send + Sync + 'static,
     {
-        runtime::prepare(self.settings, factory)
+        let prepared = runtime::prepare(self.settings)?;
+        Ok(Running { prepared, factory, _handler: std::marker::PhantomData })
     }
 }
 
@@ -321,18 +169,18 @@ impl<H: Handler, F: Fn() -> H + Send + Sync + 'static> Running<H, F> {
 
     /// Starts the workers and returns a handle to stop them.
     pub fn spawn(self) -> io::Result<ServerHandle> {
-        runtime::spawn(self.prepared, Arc::new(self.factory))
+        let local_addr = self.prepared.local_addr;
+        let backend = self.prepared.backend_name();
+        let (shared, threads) = runtime::spawn(self.prepared, Arc::new(self.factory))?;
+        Ok(ServerHandle { local_addr, backend, shared, threads })
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully (close 1001 to every client,
     /// wait up to the shutdown timeout) and returns.
     pub fn run(self) -> io::Result<()> {
+        let stop = crate::signal::on_terminate()?;
         let handle = self.spawn()?;
-        let signalled = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, Arc::clone(&signalled))?;
-        }
-        while !signalled.load(Ordering::Relaxed) && !handle.is_finished() {
+        while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
         }
         handle.shutdown()
@@ -358,22 +206,6 @@ impl Publisher {
     }
 }
 
-/// What the workers counted, summed (updated once per loop iteration).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Open connections.
-    pub connections: u64,
-    /// Publishes delivered into subscribers' queues.
-    pub delivered: u64,
-    /// Messages dropped under the `drop` policy (sends and publishes).
-    pub dropped: u64,
-    /// Staged publishes replaced by a newer one with the same key (`conflate`).
-    pub conflated: u64,
-    /// Connections closed with 1008 for falling behind.
-    pub slow_closed: u64,
-}
-
 /// A running server: stop it, wait for it, message its connections.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -381,6 +213,12 @@ pub struct ServerHandle {
     pub(crate) backend: &'static str,
     pub(crate) shared: Arc<runtime::Shared>,
     pub(crate) threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Publisher {
+    pub(crate) fn new(shared: Arc<runtime::Shared>) -> Self {
+        Publisher { shared }
+    }
 }
 
 impl ServerHandle {
@@ -401,7 +239,7 @@ impl ServerHandle {
 
     /// Sends `msg` to every open connection on every worker, from any thread.
     pub fn broadcast(&self, msg: Message<'_>) {
-        self.shared.broadcast(None, msg);
+        self.shared.broadcast(msg);
     }
 
     /// Publishes `msg` to every subscriber of `topic` on every worker, from any thread.
@@ -417,7 +255,18 @@ impl ServerHandle {
 
     /// A handle for publishing from other threads (cheap to clone, `Send + Sync`).
     pub fn publisher(&self) -> Publisher {
-        Publisher { shared: Arc::clone(&self.shared) }
+        Publisher::new(Arc::clone(&self.shared))
+    }
+
+    /// A handle for sending to, closing and running code on connections' workers from any
+    /// thread (cheap to clone, `Send + Sync`).
+    pub fn sender(&self) -> Sender {
+        Sender::new(Arc::clone(&self.shared))
+    }
+
+    /// How many workers run.
+    pub fn workers(&self) -> usize {
+        self.shared.workers()
     }
 
     /// Counters summed over the workers.
@@ -428,14 +277,96 @@ impl ServerHandle {
     /// Graceful shutdown: stop accepting, close every connection with 1001, wait up to the
     /// shutdown timeout for the replies, stop the workers. Returns the first worker error.
     pub fn shutdown(self) -> io::Result<()> {
-        self.shared.begin_shutdown();
-        let mut result = Ok(());
-        for t in self.threads {
-            let r = t.join().unwrap_or_else(|_| Err(io::Error::other("a worker panicked")));
-            if result.is_ok() {
-                result = r;
-            }
+        runtime::stop((self.shared, self.threads))
+    }
+}
+
+/// Reaches connections from any thread: addressed sends and closes, closures run on a worker,
+/// publishes. Commands to one worker travel over its channel in order (two sends to one
+/// connection from one thread arrive in that order) and are applied in the worker's next loop
+/// iteration, in a batch that costs at most one wake-up; what they queue leaves corked with
+/// everything else that iteration.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    shared: Arc<runtime::Shared>,
+}
+
+impl Sender {
+    pub(crate) fn new(shared: Arc<runtime::Shared>) -> Self {
+        Sender { shared }
+    }
+
+    /// Sends `msg` to connection `conn`. The frame is encoded here, on the calling thread.
+    /// `Queued` means handed to the connection's worker, which then applies the send limit and
+    /// policy like any send; a stale id is a no-op there (counted in [`Stats::stale`]).
+    /// `Closed` when the server has stopped.
+    pub fn send(&self, conn: ConnId, msg: Message<'_>) -> SendStatus {
+        let frame = pubsub::encode(msg);
+        if self.shared.send(conn.worker(), Command::Send(conn, frame)) {
+            SendStatus::Queued
+        } else {
+            SendStatus::Closed
         }
-        result
+    }
+
+    /// Sends a text message (see [`Sender::send`]).
+    pub fn send_text(&self, conn: ConnId, text: &str) -> SendStatus {
+        self.send(conn, Message::Text(text))
+    }
+
+    /// Sends an already encoded frame (an unmasked server frame) to `conn`: for a message sent
+    /// to many connections one at a time, encoded once.
+    pub fn send_frame(&self, conn: ConnId, frame: Bytes) -> SendStatus {
+        if self.shared.send(conn.worker(), Command::Send(conn, frame)) {
+            SendStatus::Queued
+        } else {
+            SendStatus::Closed
+        }
+    }
+
+    /// Starts the close handshake on `conn` with `code` and `reason`; `false` when the server
+    /// has stopped. A stale id is a no-op.
+    pub fn close(&self, conn: ConnId, code: CloseCode, reason: &str) -> bool {
+        self.shared.send(conn.worker(), Command::Close(conn, code, reason.into()))
+    }
+
+    /// Runs `f` on `worker`'s thread, in its next loop iteration, with its handler and context
+    /// (uWebSockets' `Loop::defer`). `H` must be the server's handler type.
+    pub fn defer<H: Handler>(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
+    ) -> Result<(), Error> {
+        if self.shared.handler != TypeId::of::<H>() {
+            return Err(Error::WrongHandler);
+        }
+        if worker >= self.shared.workers() {
+            return Err(Error::NoWorker(worker));
+        }
+        let run = Box::new(move |core: &mut dyn std::any::Any| {
+            if let Some(core) = core.downcast_mut::<Core<H>>() {
+                core.run_deferred(f);
+            }
+        });
+        if self.shared.send(worker, Command::Defer(run)) {
+            Ok(())
+        } else {
+            Err(Error::Stopped)
+        }
+    }
+
+    /// Publishes `msg` to every subscriber of `topic` on every worker.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        self.shared.publish(topic, 0, msg);
+    }
+
+    /// Publishes with a conflation key.
+    pub fn publish_keyed(&self, topic: &str, key: u64, msg: Message<'_>) {
+        self.shared.publish(topic, key, msg);
+    }
+
+    /// How many workers run.
+    pub fn workers(&self) -> usize {
+        self.shared.workers()
     }
 }

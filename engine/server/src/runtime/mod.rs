@@ -4,34 +4,59 @@
 
 pub(crate) mod backend;
 pub(crate) mod conn;
+pub(crate) mod handle;
 pub(crate) mod pubsub;
 pub(crate) mod queue;
 pub(crate) mod worker;
 
+use std::any::{Any, TypeId};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use ringside_proto::Message;
+use ringside_proto::{CloseCode, Message};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use self::backend::epoll::Epoll;
 use self::backend::uring::Uring;
 use self::backend::Waker;
 use self::pubsub::Publication;
-use crate::server::{Backend, Handler, Running, ServerHandle, Settings, Stats, Workers};
+use crate::api::Stats;
+use crate::api::{ConnId, Handler};
+use crate::config::{Backend, Settings, Workers};
+
+/// A closure to run on a worker, given its `Core<H>` as `Any` (the sender checked `H`).
+pub(crate) type Deferred = Box<dyn FnOnce(&mut dyn Any) + Send>;
 
 /// What a worker can be asked from another thread.
-#[derive(Debug)]
 pub(crate) enum Command {
     /// An encoded frame for every open connection.
     Broadcast(Bytes),
     /// Publishes, in publish order (a batch from another worker's loop iteration, or one from a
     /// publisher thread).
     Publish(Vec<Publication>),
+    /// An encoded frame for one connection.
+    Send(ConnId, Bytes),
+    /// Close one connection.
+    Close(ConnId, CloseCode, Box<str>),
+    /// Run a closure on the worker.
+    Defer(Deferred),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Broadcast(b) => write!(f, "Broadcast({} bytes)", b.len()),
+            Command::Publish(p) => write!(f, "Publish({} publications)", p.len()),
+            Command::Send(id, b) => write!(f, "Send({id}, {} bytes)", b.len()),
+            Command::Close(id, code, _) => write!(f, "Close({id}, {code})"),
+            Command::Defer(_) => f.write_str("Defer"),
+        }
+    }
 }
 
 /// One worker's counters, written by it once per loop iteration, read by anyone.
@@ -42,6 +67,7 @@ pub(crate) struct WorkerStats {
     pub dropped: AtomicU64,
     pub conflated: AtomicU64,
     pub slow_closed: AtomicU64,
+    pub stale: AtomicU64,
 }
 
 /// What all workers and handles share.
@@ -54,6 +80,9 @@ pub(crate) struct Shared {
     wake_pending: Vec<AtomicBool>,
     inboxes: Vec<Sender<Command>>,
     pub(crate) stats: Vec<WorkerStats>,
+    /// The handler type the workers run, so a deferred closure for another type is refused at
+    /// the call instead of failing on the worker.
+    pub(crate) handler: TypeId,
 }
 
 impl Shared {
@@ -61,13 +90,17 @@ impl Shared {
         self.inboxes.len()
     }
 
-    /// Sends `command` to `worker` and wakes it unless a wake-up is already on its way.
-    pub(crate) fn send(&self, worker: usize, command: Command) {
-        if self.inboxes[worker].send(command).is_ok()
-            && !self.wake_pending[worker].swap(true, Ordering::SeqCst)
-        {
+    /// Sends `command` to `worker` and wakes it unless a wake-up is already on its way;
+    /// `false` when the worker has stopped (or does not exist).
+    pub(crate) fn send(&self, worker: usize, command: Command) -> bool {
+        let Some(inbox) = self.inboxes.get(worker) else { return false };
+        if inbox.send(command).is_err() {
+            return false;
+        }
+        if !self.wake_pending[worker].swap(true, Ordering::SeqCst) {
             self.wakers[worker].wake();
         }
+        true
     }
 
     /// Called by `worker` right before it drains its inbox.
@@ -92,6 +125,7 @@ impl Shared {
             total.dropped += w.dropped.load(Ordering::Relaxed);
             total.conflated += w.conflated.load(Ordering::Relaxed);
             total.slow_closed += w.slow_closed.load(Ordering::Relaxed);
+            total.stale += w.stale.load(Ordering::Relaxed);
         }
         total
     }
@@ -108,7 +142,7 @@ impl Shared {
     }
 
     /// Encodes `msg` once and hands it to every worker.
-    pub(crate) fn broadcast(&self, _from: Option<u16>, msg: Message<'_>) {
+    pub(crate) fn broadcast(&self, msg: Message<'_>) {
         let frame = pubsub::encode(msg);
         for worker in 1..self.workers() {
             self.send(worker, Command::Broadcast(Bytes::copy_from_slice(&frame)));
@@ -143,18 +177,13 @@ impl Prepared {
 }
 
 /// Resolves the worker count and backend and binds one listener per worker.
-pub(crate) fn prepare<H, F>(settings: Settings, factory: F) -> io::Result<Running<H, F>>
-where
-    H: Handler,
-    F: Fn() -> H + Send + Sync + 'static,
-{
+pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
+    settings.check()?;
     let workers = match settings.workers {
         Workers::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        Workers::Count(n) => n.max(1),
-    };
-    if workers > usize::from(u16::MAX) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many workers"));
+        Workers::Count(n) => n,
     }
+    .clamp(1, usize::from(u16::MAX));
     let kind = match settings.backend {
         Backend::Epoll => Kind::Epoll,
         Backend::IoUring => {
@@ -166,24 +195,23 @@ where
         Backend::Auto => match probe_uring(&settings) {
             Ok(()) => Kind::IoUring,
             Err(why) => {
-                eprintln!("ringside: io_uring unavailable ({why}); using epoll");
+                tracing::warn!(reason = %why, "io_uring unavailable; using epoll");
                 Kind::Epoll
             }
         },
     };
     let mut listeners = Vec::with_capacity(workers);
     let mut addr = settings.listen;
+    if !settings.reuse_port && addr.port() != 0 {
+        refuse_if_in_use(addr)?;
+    }
     for _ in 0..workers {
         let listener = bind(addr)?;
         // With port 0 the first bind picks the port; the others share it.
         addr = listener.local_addr()?;
         listeners.push(listener);
     }
-    Ok(Running {
-        prepared: Prepared { local_addr: addr, settings, kind, listeners },
-        factory,
-        _handler: std::marker::PhantomData,
-    })
+    Ok(Prepared { local_addr: addr, settings, kind, listeners })
 }
 
 /// Runs the io_uring probe on a short-lived thread: tearing a ring down queues task work on the
@@ -193,6 +221,25 @@ pub(crate) fn probe_uring(settings: &Settings) -> Result<(), String> {
     std::thread::spawn(move || backend::uring::probe(&settings))
         .join()
         .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+}
+
+/// Fails with "address in use" when another socket already listens on `addr`: our listeners
+/// share the port among themselves (SO_REUSEPORT), which would otherwise let a second server
+/// quietly take part of the first one's traffic. A probe bound without SO_REUSEPORT conflicts
+/// with any listener on the port.
+fn refuse_if_in_use(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                e.kind(),
+                format!("{addr} is already in use (set reuse_port / --reuse-port to share it)"),
+            )
+        } else {
+            e
+        }
+    })
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -206,13 +253,29 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Started workers: what they share and their threads.
+pub(crate) type Started = (Arc<Shared>, Vec<JoinHandle<io::Result<()>>>);
+
+/// Stops started workers and waits for them; the first error.
+pub(crate) fn stop((shared, threads): Started) -> io::Result<()> {
+    shared.begin_shutdown();
+    let mut result = Ok(());
+    for t in threads {
+        let r = t.join().unwrap_or_else(|_| Err(io::Error::other("a worker panicked")));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
 /// Starts the workers.
-pub(crate) fn spawn<H, F>(prepared: Prepared, factory: Arc<F>) -> io::Result<ServerHandle>
+pub(crate) fn spawn<H, F>(prepared: Prepared, factory: Arc<F>) -> io::Result<Started>
 where
     H: Handler,
     F: Fn() -> H + Send + Sync + 'static,
 {
-    let Prepared { local_addr, settings, kind, listeners } = prepared;
+    let Prepared { local_addr: _, settings, kind, listeners } = prepared;
     let count = listeners.len();
     let wakers = (0..count).map(|_| Waker::new()).collect::<io::Result<Vec<_>>>()?;
     let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
@@ -223,6 +286,7 @@ where
         wake_pending: (0..count).map(|_| AtomicBool::new(false)).collect(),
         inboxes,
         stats: (0..count).map(|_| WorkerStats::default()).collect(),
+        handler: TypeId::of::<H>(),
     });
     let cores =
         if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };
@@ -276,24 +340,15 @@ where
         threads.push(thread);
     }
     drop(ready_tx);
-    let handle = ServerHandle {
-        local_addr,
-        backend: match kind {
-            Kind::IoUring => "io_uring",
-            Kind::Epoll => "epoll",
-        },
-        shared,
-        threads,
-    };
     for _ in 0..count {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                let _ = handle.shutdown();
+                let _ = stop((shared, threads));
                 return Err(e);
             }
             Err(_) => break,
         }
     }
-    Ok(handle)
+    Ok((shared, threads))
 }

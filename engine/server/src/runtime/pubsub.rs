@@ -20,7 +20,7 @@ use ringside_proto::frame::{self, OpCode};
 use ringside_proto::Message;
 use slab::Slab;
 
-use crate::server::{SlowConsumer, TopicPolicy, TopicRule};
+use crate::config::{SlowConsumer, TopicPolicy, TopicRule};
 
 /// A publish on its way to a worker.
 #[derive(Debug, Clone)]

@@ -39,7 +39,7 @@ use self::op::{Kind, Op, GEN_MASK};
 pub use self::setup::probe;
 use self::setup::TaskRun;
 use super::{Backend, Driver, Out, SendQueue, Waker};
-use crate::server::Settings;
+use crate::config::Settings;
 
 /// The largest completion queue asked for: the kernel's IORING_MAX_CQ_ENTRIES.
 const MAX_CQ_ENTRIES: u32 = 1 << 16;

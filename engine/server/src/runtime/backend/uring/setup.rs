@@ -13,7 +13,7 @@ use io_uring::types::{CancelBuilder, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use super::buf_ring::{BufRing, GROUP};
-use crate::server::Settings;
+use crate::config::Settings;
 
 /// How completions are run, from the ring's setup flags; the first the kernel accepts wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

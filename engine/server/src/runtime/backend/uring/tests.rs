@@ -226,6 +226,7 @@ struct Echo {
 }
 
 impl Handler for Echo {
+    type Conn = ();
     fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
         let _ = ws.send(msg);
     }

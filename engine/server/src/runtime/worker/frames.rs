@@ -1,0 +1,95 @@
+//! The frame stream of an open connection: parse messages in place and hand them to the
+//! handler, then move what the protocol and the handler produced into the send queue.
+
+use ringside_proto::{CloseCode, Event};
+
+use super::Core;
+use crate::api::Handler;
+use crate::runtime::conn::{flag, Phase};
+use crate::runtime::handle::WebSocket;
+
+impl<H: Handler> Core<H> {
+    /// Bytes of the frame stream.
+    pub(super) fn on_frames(&mut self, id: usize, data: &mut [u8]) {
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else { return };
+            let open = conn.can_send();
+            let Phase::Open(o) = &mut conn.phase else { return };
+            let mut ws = WebSocket {
+                slot: id,
+                io: &mut conn.io,
+                app: &mut o.app,
+                open,
+                local: &mut self.local,
+            };
+            let closed = match o.proto.read(&mut data[pos..]) {
+                Ok((_, None)) => break,
+                Ok((n, Some(event))) => {
+                    pos += n;
+                    match event {
+                        Event::Message(msg) => {
+                            self.handler.on_message(&mut ws, msg);
+                            None
+                        }
+                        Event::Ping(payload) => {
+                            self.handler.on_ping(&mut ws, payload);
+                            None
+                        }
+                        Event::Pong(payload) => {
+                            self.handler.on_pong(&mut ws, payload);
+                            None
+                        }
+                        Event::Close(frame) => Some(match frame {
+                            Some(f) => (f.code, f.reason.to_owned()),
+                            None => (CloseCode::NO_STATUS, String::new()),
+                        }),
+                    }
+                }
+                Err(e) => {
+                    Some((e.close_code().unwrap_or(CloseCode::PROTOCOL_ERROR), e.to_string()))
+                }
+            };
+            self.after_event(id);
+            if let Some((code, reason)) = closed {
+                self.report_close(id, code, &reason);
+            }
+        }
+        self.after_event(id);
+    }
+
+    /// Moves the protocol's own output (pong, close echo, failure close) to the send queue,
+    /// applies a close the handler asked for, delivers what it published, and closes the
+    /// socket once the protocol is done.
+    pub(super) fn after_event(&mut self, id: usize) {
+        if !self.local.outbox.is_empty() {
+            self.drain_outbox();
+        }
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Phase::Open(o) = &mut conn.phase else { return };
+        if let Some((code, reason)) = o.app.close_request.take() {
+            if o.proto.close(code, &reason).is_ok() && conn.io.closing_since == 0 {
+                conn.io.closing_since = self.local.now | 1;
+            }
+        }
+        if !o.proto.output().is_empty() {
+            conn.io.queue.push(&mut self.local.pool, o.proto.output());
+            o.proto.consume_output(usize::MAX);
+            self.local.mark_dirty(id, &mut conn.io);
+        }
+        if o.proto.is_closed() && !conn.io.has(flag::CLOSE_REQUESTED) {
+            // RFC 6455 7.1.1: after the close handshake (or a failure) the server closes TCP.
+            self.request_close(id, false);
+        }
+    }
+
+    /// Applies what a [`Ctx`](crate::Ctx) did to connections outside their own callbacks.
+    pub(super) fn after_ctx(&mut self) {
+        while let Some(id) = self.local.touched.pop() {
+            self.after_event(id);
+        }
+        if !self.local.outbox.is_empty() {
+            self.drain_outbox();
+        }
+    }
+}

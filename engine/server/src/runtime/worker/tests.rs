@@ -1,0 +1,655 @@
+//! Socket-free tests of the worker: a fake backend with scripted reads, a peer that reads only
+//! as much as the test lets it, and an injected clock. Each test drives [`turn`] step by step;
+//! nothing sleeps and nothing touches a socket.
+
+use std::any::TypeId;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use ringside_proto::frame::{self, OpCode};
+use ringside_proto::handshake::{generate_key, write_client_request};
+use ringside_proto::{CloseCode, Config, Connection, Event, Message, Role};
+
+use super::{turn, Core};
+use crate::api::{ConnId, Handler, SendStatus, Upgrade, Upgrading};
+use crate::config::{Settings, SlowConsumer, TopicPolicy, TopicRule};
+use crate::runtime::backend::{Backend, Driver, Out, SendQueue, Waker};
+use crate::runtime::handle::{Ctx, WebSocket};
+use crate::runtime::{Command, Shared, WorkerStats};
+use crate::server::Sender;
+
+/// What the fake backend was asked to do, and what it will report.
+#[derive(Default)]
+struct Fake {
+    /// Events for the next poll, in order.
+    script: VecDeque<Ev>,
+    /// Bytes each connection's peer has read (what the server sent).
+    sent: HashMap<usize, Vec<u8>>,
+    /// How many more bytes each peer reads before it stops reading (absent: unlimited).
+    window: HashMap<usize, usize>,
+    /// Connections with a send that did not finish (the peer stopped reading).
+    stalled: Vec<usize>,
+    reading: HashMap<usize, bool>,
+    closed: Vec<(usize, bool)>,
+    /// Ids to release at the next poll.
+    releasing: Vec<usize>,
+    accepting: bool,
+    timeouts: Vec<Duration>,
+}
+
+enum Ev {
+    Accept(SocketAddr),
+    Data(usize, Vec<u8>),
+    Hangup(usize),
+}
+
+impl Fake {
+    fn new() -> Self {
+        Fake { accepting: true, ..Fake::default() }
+    }
+
+    /// Sends as much of `queue` as the peer's window takes.
+    fn push_out(&mut self, id: usize, queue: &mut SendQueue) -> bool {
+        loop {
+            let Some(out) = queue.in_flight() else {
+                if !queue.begin() {
+                    return true;
+                }
+                continue;
+            };
+            let bytes: Vec<u8> = match out {
+                Out::Buf(b) => b.to_vec(),
+                Out::Msg(msg) => iov_bytes(msg),
+            };
+            let window = self.window.get(&id).copied().unwrap_or(usize::MAX);
+            let n = bytes.len().min(window);
+            if n == 0 {
+                return false;
+            }
+            if let Some(w) = self.window.get_mut(&id) {
+                *w -= n;
+            }
+            self.sent.entry(id).or_default().extend_from_slice(&bytes[..n]);
+            if !queue.complete(n) {
+                return false;
+            }
+        }
+    }
+}
+
+/// The bytes a `msghdr` describes.
+fn iov_bytes(msg: &libc::msghdr) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..msg.msg_iovlen {
+        // SAFETY: the queue keeps the iovec array and the buffers it points into alive and
+        // unmoved while the send is in flight, which it is while we hold `msg`.
+        let v = unsafe { &*msg.msg_iov.add(i) };
+        // SAFETY: as above; each iovec describes `iov_len` initialised bytes.
+        out.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len)
+        });
+    }
+    out
+}
+
+impl Backend for Fake {
+    fn poll(&mut self, driver: &mut dyn Driver, timeout: Duration) -> io::Result<()> {
+        self.timeouts.push(timeout);
+        for id in std::mem::take(&mut self.releasing) {
+            driver.on_released(id);
+        }
+        // Stalled sends finish when the peer's window opened.
+        for id in std::mem::take(&mut self.stalled) {
+            if let Some(queue) = driver.queue(id) {
+                let mut q = std::mem::take(queue);
+                let done = self.push_out(id, &mut q);
+                *driver.queue(id).unwrap() = q;
+                if done {
+                    driver.on_sent(id);
+                } else {
+                    self.stalled.push(id);
+                }
+            }
+        }
+        while let Some(ev) = self.script.pop_front() {
+            match ev {
+                Ev::Accept(peer) => {
+                    if self.accepting {
+                        if let Some(id) = driver.on_accept(Some(peer)) {
+                            // A new connection in a reused id is a new socket.
+                            self.sent.remove(&id);
+                            self.window.remove(&id);
+                            self.reading.remove(&id);
+                            self.stalled.retain(|&s| s != id);
+                        }
+                    }
+                }
+                Ev::Data(id, mut bytes) => {
+                    if self.reading.get(&id).copied().unwrap_or(true) {
+                        driver.on_data(id, &mut bytes);
+                    } else {
+                        // Paused: it waits in the kernel, like a real socket's.
+                        self.script.push_front(Ev::Data(id, bytes));
+                        break;
+                    }
+                }
+                Ev::Hangup(id) => driver.on_hangup(id),
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, id: usize, queue: &mut SendQueue) {
+        if self.stalled.contains(&id) {
+            return;
+        }
+        if !self.push_out(id, queue) {
+            self.stalled.push(id);
+        }
+    }
+
+    fn set_reading(&mut self, id: usize, reading: bool) {
+        self.reading.insert(id, reading);
+    }
+
+    fn close(&mut self, id: usize, hard: bool) {
+        self.closed.push((id, hard));
+        if !self.releasing.contains(&id) {
+            self.releasing.push(id);
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.accepting = false;
+    }
+
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+}
+
+/// A worker on the fake backend with its clock, and a client-side protocol state per
+/// connection to read what the server sent.
+struct Rig<H: Handler> {
+    core: Core<H>,
+    fake: Fake,
+    inbox: Receiver<Command>,
+    shared: Arc<Shared>,
+    now: u64,
+    clients: HashMap<usize, (Connection, usize)>,
+}
+
+fn peer(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 40000 + u16::from(n)))
+}
+
+impl<H: Handler> Rig<H> {
+    fn new(settings: Settings, handler: H) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            wakers: vec![Waker::new().unwrap()],
+            wake_pending: vec![AtomicBool::new(false)],
+            inboxes: vec![tx],
+            stats: vec![WorkerStats::default()],
+            handler: TypeId::of::<H>(),
+        });
+        let core = Core::new(0, handler, settings, Arc::clone(&shared));
+        Rig { core, fake: Fake::new(), inbox: rx, shared, now: 0, clients: HashMap::new() }
+    }
+
+    /// One loop iteration at the current fake time.
+    fn turn(&mut self) -> bool {
+        self.core.set_now(self.now);
+        turn(&mut self.core, &mut self.fake, &self.inbox).unwrap()
+    }
+
+    /// Advances the clock by `ms`, one iteration per 10 ms.
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now = (self.now + 10).min(end);
+            self.turn();
+        }
+    }
+
+    /// Accepts a connection (id returned) without upgrading it.
+    fn accept(&mut self, from: SocketAddr) -> usize {
+        let before = self.core.conns.len();
+        self.fake.script.push_back(Ev::Accept(from));
+        self.turn();
+        assert_eq!(self.core.conns.len(), before + 1, "accepted");
+        self.core
+            .conns
+            .iter()
+            .map(|(id, _)| id)
+            .max_by_key(|&id| self.core.conns[id].io.generation)
+            .unwrap()
+    }
+
+    fn data(&mut self, id: usize, bytes: &[u8]) {
+        self.fake.script.push_back(Ev::Data(id, bytes.to_vec()));
+        self.turn();
+    }
+
+    /// Accepts and upgrades a connection to `path`; returns its id.
+    fn open(&mut self, from: SocketAddr, path: &str) -> usize {
+        let id = self.accept(from);
+        let mut req = Vec::new();
+        write_client_request("test", path, &generate_key(), &[], &[], &mut req);
+        self.data(id, &req);
+        let sent = self.take_sent(id);
+        assert!(sent.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&sent));
+        let end = sent.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut client = Connection::new(Role::Client, Config::default());
+        let mut rest = sent[end..].to_vec();
+        let _ = client.read(&mut rest);
+        self.clients.insert(id, (client, 0));
+        id
+    }
+
+    fn take_sent(&mut self, id: usize) -> Vec<u8> {
+        self.fake.sent.remove(&id).unwrap_or_default()
+    }
+
+    /// The messages (and closes, as "close CODE") the client of `id` received since last asked.
+    fn received(&mut self, id: usize) -> Vec<String> {
+        let mut bytes = self.take_sent(id);
+        let (client, _) = self.clients.get_mut(&id).expect("an upgraded connection");
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Ok((n, Some(event))) = client.read(&mut bytes[pos..]) {
+            pos += n;
+            out.push(match event {
+                Event::Message(Message::Text(t)) => t.to_owned(),
+                Event::Message(Message::Binary(b)) => format!("binary {}", b.len()),
+                Event::Ping(p) => format!("ping {}", String::from_utf8_lossy(p)),
+                Event::Pong(p) => format!("pong {}", String::from_utf8_lossy(p)),
+                Event::Close(f) => format!("close {}", f.map_or(1005, |f| f.code.0)),
+            });
+        }
+        out
+    }
+
+    /// A masked client frame.
+    fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::write_frame(&mut out, true, opcode, Some([1, 2, 3, 4]), payload);
+        out
+    }
+
+    fn text(&mut self, id: usize, text: &str) {
+        let f = Self::frame(OpCode::Text, text.as_bytes());
+        self.data(id, &f);
+    }
+
+    fn sender(&self) -> Sender {
+        Sender::new(Arc::clone(&self.shared))
+    }
+
+    fn id_of(&self, slot: usize) -> ConnId {
+        self.core.local.id(slot, &self.core.conns[slot].io)
+    }
+}
+
+/// Echoes, records callbacks, and obeys a few commands: "timer MS TOKEN", "close".
+#[derive(Default)]
+struct App {
+    log: Vec<String>,
+    ticks: u32,
+}
+
+#[derive(Default, Debug)]
+struct Session {
+    user: String,
+    messages: u32,
+}
+
+impl Handler for App {
+    type Conn = Session;
+
+    fn on_upgrade(&mut self, req: &Upgrading<'_>) -> Upgrade<Session> {
+        match req.query().and_then(|q| q.strip_prefix("user=")) {
+            Some(user) => Upgrade::Accept(Session { user: user.into(), messages: 0 }),
+            None if req.path() == "/anon" => Upgrade::Accept(Session::default()),
+            None => Upgrade::Reject(401),
+        }
+    }
+
+    fn on_open(&mut self, ws: &mut WebSocket<'_, Session>) {
+        self.log.push(format!("open {} {} {}", ws.data().user, ws.peer_addr(), ws.path()));
+    }
+
+    fn on_message(&mut self, ws: &mut WebSocket<'_, Session>, msg: Message<'_>) {
+        ws.data_mut().messages += 1;
+        let Message::Text(t) = msg else { return };
+        if let Some(rest) = t.strip_prefix("timer ") {
+            let (ms, token) = rest.split_once(' ').unwrap();
+            ws.set_timer(Duration::from_millis(ms.parse().unwrap()), token.parse().unwrap());
+        } else if t == "close" {
+            ws.close(CloseCode::NORMAL, "asked");
+        } else {
+            let reply = format!("{}: {t}", ws.data().user);
+            let _ = ws.send_text(&reply);
+        }
+    }
+
+    fn on_ping(&mut self, ws: &mut WebSocket<'_, Session>, payload: &[u8]) {
+        self.log.push(format!("ping {} {}", ws.data().user, payload.len()));
+    }
+
+    fn on_pong(&mut self, ws: &mut WebSocket<'_, Session>, payload: &[u8]) {
+        self.log.push(format!("pong {} {}", ws.data().user, payload.len()));
+    }
+
+    fn on_timer(&mut self, ws: &mut WebSocket<'_, Session>, token: u64) {
+        self.log.push(format!("timer {} {token}", ws.data().user));
+        let _ = ws.send_text(&format!("timer {token}"));
+    }
+
+    fn on_drain(&mut self, ws: &mut WebSocket<'_, Session>) {
+        self.log.push(format!("drain {}", ws.data().user));
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_, Session>) {
+        self.ticks += 1;
+        let _ = ctx;
+    }
+
+    fn on_close(&mut self, ws: &mut WebSocket<'_, Session>, code: CloseCode, _reason: &str) {
+        self.log.push(format!("close {} {} after {}", ws.data().user, code.0, ws.data().messages));
+    }
+}
+
+fn settings() -> Settings {
+    Settings::default()
+}
+
+#[test]
+fn connection_data_lives_from_upgrade_to_close() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(7), "/feed?user=ann");
+    rig.text(id, "hello");
+    rig.text(id, "again");
+    assert_eq!(rig.received(id), ["ann: hello", "ann: again"]);
+    rig.data(id, &Rig::<App>::frame(OpCode::Close, &1000u16.to_be_bytes()));
+    assert_eq!(rig.received(id), ["close 1000"]);
+    assert_eq!(rig.core.handler.log, ["open ann 127.0.0.7:40007 /feed", "close ann 1000 after 2"]);
+    rig.turn();
+    assert!(rig.core.conns.get(id).is_none(), "released after the close");
+}
+
+#[test]
+fn refused_upgrade_gets_its_status_and_no_callbacks() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.accept(peer(1));
+    let mut req = Vec::new();
+    write_client_request("test", "/private", &generate_key(), &[], &[], &mut req);
+    rig.data(id, &req);
+    let sent = rig.take_sent(id);
+    assert!(sent.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&sent));
+    assert!(rig.core.handler.log.is_empty());
+    assert_eq!(rig.fake.closed, [(id, false)]);
+}
+
+#[test]
+fn the_request_may_arrive_split_at_every_byte() {
+    let mut req = Vec::new();
+    write_client_request("test", "/?user=bo", &generate_key(), &[], &[], &mut req);
+    req.extend_from_slice(&Rig::<App>::frame(OpCode::Text, b"hi"));
+    for split in 1..req.len() {
+        let mut rig = Rig::new(settings(), App::default());
+        let id = rig.accept(peer(2));
+        rig.data(id, &req[..split]);
+        rig.data(id, &req[split..]);
+        let sent = rig.take_sent(id);
+        assert!(sent.starts_with(b"HTTP/1.1 101"), "split {split}");
+        assert!(sent.ends_with(b"bo: hi"), "split {split}: the pipelined frame is answered");
+    }
+}
+
+#[test]
+fn a_trickled_head_over_the_limit_gets_431() {
+    let mut rig = Rig::new(Settings { max_head_bytes: 1024, ..settings() }, App::default());
+    let id = rig.accept(peer(3));
+    rig.data(id, b"GET / HTTP/1.1\r\n");
+    for _ in 0..100 {
+        rig.data(id, b"X-Filler: 0123456789\r\n");
+    }
+    let sent = rig.take_sent(id);
+    assert!(sent.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&sent));
+}
+
+#[test]
+fn fin_with_the_last_data_still_delivers_it() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(4), "/?user=cy");
+    rig.fake.script.push_back(Ev::Data(id, Rig::<App>::frame(OpCode::Text, b"last")));
+    rig.fake.script.push_back(Ev::Hangup(id));
+    rig.turn();
+    assert_eq!(rig.received(id), ["cy: last"]);
+    assert_eq!(rig.core.handler.log.last().unwrap(), "close cy 1006 after 1");
+}
+
+#[test]
+fn handshake_timeout_drops_a_slow_client() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.accept(peer(5));
+    rig.data(id, b"GET / HTTP/1.1\r\n");
+    rig.advance(9_900);
+    assert!(rig.fake.closed.is_empty());
+    rig.advance(400);
+    assert_eq!(rig.fake.closed, [(id, true)]);
+}
+
+#[test]
+fn idle_connections_are_pinged_then_closed() {
+    let s = Settings { idle_timeout: Duration::from_secs(10), ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let id = rig.open(peer(6), "/?user=di");
+    rig.advance(5_300);
+    assert_eq!(rig.received(id), ["ping "]);
+    rig.advance(5_000);
+    assert_eq!(rig.received(id), ["close 1000"]);
+    // The peer never answers the close: the close timeout drops TCP.
+    rig.advance(5_300);
+    assert!(rig.fake.closed.contains(&(id, true)), "{:?}", rig.fake.closed);
+    assert_eq!(rig.core.handler.log.last().unwrap(), "close di 1006 after 0");
+}
+
+#[test]
+fn ping_and_pong_reach_their_hooks() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(8), "/?user=ed");
+    rig.data(id, &Rig::<App>::frame(OpCode::Ping, b"abc"));
+    rig.data(id, &Rig::<App>::frame(OpCode::Pong, b"12"));
+    assert_eq!(rig.received(id), ["pong abc"], "the automatic pong");
+    assert_eq!(rig.core.handler.log[1..], ["ping ed 3", "pong ed 2"]);
+}
+
+#[test]
+fn high_water_pauses_reading_and_drain_resumes_it() {
+    let s = Settings { send_high_water: 1000, send_limit: 100_000, ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let id = rig.open(peer(9), "/?user=fi");
+    rig.fake.window.insert(id, 0);
+    let big = "x".repeat(600);
+    rig.text(id, &big);
+    rig.text(id, &big);
+    assert_eq!(rig.fake.reading.get(&id), Some(&false), "paused over the high-water mark");
+    assert_eq!(rig.core.conns[id].io.queue.len(), 2 * (600 + 8));
+    rig.fake.window.insert(id, usize::MAX);
+    rig.turn();
+    rig.turn();
+    assert_eq!(rig.fake.reading.get(&id), Some(&true), "resumed");
+    assert!(rig.core.handler.log.contains(&"drain fi".to_owned()));
+    assert_eq!(rig.received(id).len(), 2);
+}
+
+#[test]
+fn slow_consumer_close_drop_and_conflate() {
+    let rules = vec![
+        TopicRule {
+            pattern: "drop".into(),
+            policy: TopicPolicy { slow_consumer: SlowConsumer::Drop, limit: 100 },
+        },
+        TopicRule {
+            pattern: "close".into(),
+            policy: TopicPolicy { slow_consumer: SlowConsumer::Close, limit: 100 },
+        },
+        TopicRule {
+            pattern: "px".into(),
+            policy: TopicPolicy { slow_consumer: SlowConsumer::Conflate, limit: 100 },
+        },
+    ];
+    let s = Settings { topic_rules: rules, ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let ids: Vec<usize> = (0..3).map(|i| rig.open(peer(20 + i), "/anon")).collect();
+    for (&id, topic) in ids.iter().zip(["drop", "close", "px"]) {
+        let conn = &mut rig.core.conns[id];
+        let _ = conn;
+        rig.core.local.topics.subscribe(id, topic).unwrap();
+        rig.fake.window.insert(id, 0);
+    }
+    let sender = rig.sender();
+    for i in 0..20u64 {
+        let msg = format!("{i:040}");
+        for topic in ["drop", "close", "px"] {
+            // Two keys on the conflated topic.
+            sender.publish_keyed(topic, i % 2, Message::Text(&msg));
+        }
+        rig.turn();
+    }
+    let stats = rig.core.local.counts;
+    assert!(stats.dropped > 0, "{stats:?}");
+    assert_eq!(stats.slow_closed, 1, "{stats:?}");
+    assert!(stats.conflated > 0, "{stats:?}");
+    // Let everyone read: the conflating one gets what fits plus the latest of each key.
+    for &id in &ids {
+        rig.fake.window.insert(id, usize::MAX);
+    }
+    rig.turn();
+    rig.turn();
+    let px = rig.received(ids[2]);
+    assert!(px.len() < 20, "{px:?}");
+    assert_eq!(px[px.len() - 2..], [format!("{:040}", 18), format!("{:040}", 19)]);
+    let closed = rig.received(ids[1]);
+    assert_eq!(closed.last().unwrap(), "close 1008");
+}
+
+#[test]
+fn timers_fire_once_in_order_and_die_with_their_connection() {
+    let mut rig = Rig::new(settings(), App::default());
+    let a = rig.open(peer(30), "/?user=a");
+    let b = rig.open(peer(31), "/?user=b");
+    rig.text(a, "timer 300 2");
+    rig.text(a, "timer 100 1");
+    rig.text(b, "timer 200 3");
+    rig.text(b, "close");
+    // The loop sleeps until the earliest deadline, not the sweep's 250 ms.
+    rig.turn();
+    assert_eq!(rig.fake.timeouts.last(), Some(&Duration::from_millis(100)));
+    rig.advance(99);
+    assert!(rig.received(a).is_empty(), "never early");
+    rig.advance(1);
+    assert_eq!(rig.received(a), ["timer 1"]);
+    rig.advance(400);
+    assert_eq!(rig.received(a), ["timer 2"]);
+    let log = rig.core.handler.log.join("|");
+    assert!(!log.contains("timer b"), "a closed connection's timer never fires: {log}");
+    assert_eq!(rig.core.local.timers.len(), 0);
+}
+
+#[test]
+fn ticks_keep_their_period() {
+    let s = Settings { tick: Some(Duration::from_millis(33)), ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    rig.advance(1_000);
+    // 1000 / 33 = 30 ticks at 33, 66, ... 990 ms.
+    assert_eq!(rig.core.handler.ticks, 30);
+}
+
+#[test]
+fn a_stale_id_never_reaches_the_next_connection_in_its_slot() {
+    let mut rig = Rig::new(settings(), App::default());
+    let first = rig.open(peer(40), "/?user=old");
+    let old = rig.id_of(first);
+    rig.data(first, &Rig::<App>::frame(OpCode::Close, &1000u16.to_be_bytes()));
+    rig.turn();
+    rig.turn();
+    let second = rig.open(peer(41), "/?user=new");
+    assert_eq!(second, first, "the slot is reused");
+    let new = rig.id_of(second);
+    assert_ne!(old, new);
+    let sender = rig.sender();
+    assert_eq!(sender.send_text(old, "for old"), SendStatus::Queued, "handed to the worker");
+    assert!(sender.close(old, CloseCode::NORMAL, "old"));
+    rig.turn();
+    assert!(rig.received(second).is_empty(), "nothing reached the new connection");
+    assert_eq!(rig.core.local.counts.stale, 2);
+    // The same through a Ctx, synchronously.
+    let mut ctx = Ctx { conns: &mut rig.core.conns, local: &mut rig.core.local };
+    assert_eq!(ctx.send(old, Message::Text("x")), SendStatus::Closed);
+    assert!(ctx.data_mut(old).is_none());
+    assert_eq!(ctx.data_mut(new).unwrap().user, "new");
+    assert_eq!(ctx.send(new, Message::Text("for new")), SendStatus::Queued);
+    rig.turn();
+    assert_eq!(rig.received(second), ["for new"]);
+}
+
+#[test]
+fn addressed_sends_and_deferred_closures_from_another_thread() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(50), "/?user=gu");
+    let conn = rig.id_of(id);
+    let sender = rig.sender();
+    let t = std::thread::spawn(move || {
+        for i in 0..100 {
+            assert_eq!(sender.send_text(conn, &format!("fill {i}")), SendStatus::Queued);
+        }
+        sender
+            .defer::<App>(0, move |app, ctx| {
+                app.log.push("deferred".into());
+                let user = ctx.data_mut(conn).unwrap().user.clone();
+                let _ = ctx.send(conn, Message::Text(&format!("hi {user}")));
+                ctx.close(conn, CloseCode::GOING_AWAY, "done");
+            })
+            .unwrap();
+        assert!(matches!(sender.defer::<Wrong>(0, |_, _| {}), Err(crate::Error::WrongHandler)));
+    });
+    t.join().unwrap();
+    rig.turn();
+    let got = rig.received(id);
+    let expected: Vec<String> = (0..100)
+        .map(|i| format!("fill {i}"))
+        .chain(["hi gu".to_owned(), "close 1001".to_owned()])
+        .collect();
+    assert_eq!(got, expected, "in order, corked into one iteration");
+    assert!(rig.core.handler.log.contains(&"deferred".to_owned()));
+}
+
+struct Wrong;
+
+impl Handler for Wrong {
+    type Conn = ();
+    fn on_message(&mut self, _: &mut WebSocket<'_>, _: Message<'_>) {}
+}
+
+#[test]
+fn shutdown_closes_everyone_with_1001_then_finishes() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(60), "/?user=ha");
+    rig.shared.begin_shutdown();
+    assert!(!rig.turn());
+    assert!(!rig.fake.accepting);
+    assert!(!rig.turn(), "the close frame leaves with the next flush");
+    assert_eq!(rig.received(id), ["close 1001"]);
+    rig.data(id, &Rig::<App>::frame(OpCode::Close, &1001u16.to_be_bytes()));
+    rig.now += 10;
+    assert!(rig.turn(), "finished once the last connection is released");
+}
