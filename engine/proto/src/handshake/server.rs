@@ -282,7 +282,7 @@ mod tests {
             let e = rejected(&get(&[], &[header]), &HandshakeConfig::default());
             assert_eq!(e, Error::UnexpectedBody, "{header}");
             assert_eq!(e.http_status(), Some(400));
-            assert!(response_text(e).contains("Content-Length"));
+            assert!(response_text(e).contains("an upgrade request has no body"));
         }
         let twice = get(&[], &["Content-Length: 0", "Content-Length: 7"]);
         assert_eq!(rejected(&twice, &HandshakeConfig::default()), Error::UnexpectedBody);
