@@ -1,6 +1,7 @@
 //! The opening-handshake parser and validator (server side) and the response parser (client
 //! side): never panic, every rejection has an HTTP answer, and a request fed in two pieces
-//! parses as it does whole.
+//! parses as it does whole, by `parse_request` and by `parse_request_incremental` (whose
+//! `head_end` finds the end of every head the parser completes).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -36,11 +37,28 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(e.http_response().is_some(), "{e:?}"),
     }
     // Arriving in pieces changes nothing once the whole head is there.
+    let cut = data.len() / 2;
     if let Ok(Some(req)) = &whole {
-        let cut = data.len() / 2;
         if cut < req.head_len() {
             assert!(matches!(handshake::parse_request(&data[..cut], &cfg), Ok(None)));
         }
+        assert_eq!(handshake::head_end(data, 0), Some(req.head_len()));
+    }
+    // The incremental parse: the whole parse once the head's end is there, else waiting (or
+    // 431 at the limit); in two pieces as in one.
+    let incremental = |buf: &[u8], scanned: usize| {
+        let got = handshake::parse_request_incremental(buf, scanned, &cfg);
+        if handshake::head_end(buf, 0).is_some() {
+            assert_eq!(got, handshake::parse_request(buf, &cfg));
+        } else if buf.len() >= cfg.max_head_bytes {
+            assert_eq!(got, Err(ringside_proto::Error::HeadersTooLarge));
+        } else {
+            assert_eq!(got, Ok(None));
+        }
+        got == Ok(None)
+    };
+    if incremental(&data[..cut], 0) {
+        incremental(data, cut);
     }
     let key = *b"dGhlIHNhbXBsZSBub25jZQ==";
     let _ = handshake::parse_response(data, &key, &["chat"]);

@@ -6,7 +6,7 @@
 //! Tests in this binary run in parallel, so memory and descriptor checks leave room for the
 //! others: they catch growth with the load (tens of MiB, hundreds of descriptors), not noise.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -576,5 +576,242 @@ each_backend! {
         }
         assert!(fds <= before_fds + 100, "{before_fds} descriptors before, {fds} after");
         assert_rss_bounded(before_rss, "1000 connections");
+    }
+}
+
+// ---- out of descriptors --------------------------------------------------------------------
+
+/// Set in the child process that serves for `accept_resumes_after_fd_exhaustion`.
+const FD_CHILD: &str = "RINGSIDE_TESTS_FD_CHILD";
+/// The child's open-file limit, soft and hard. io_uring sizes its direct-descriptor table by it,
+/// so both backends run out after a few dozen connections.
+const FD_LIMIT: usize = 64;
+/// How soon accepting must resume once descriptors are free.
+const RESUME_WITHIN: Duration = Duration::from_secs(1);
+/// How long the test holds the server out of descriptors to see what CPU it uses meanwhile.
+const HOLD: Duration = Duration::from_millis(500);
+/// What the child prints before its address.
+const LISTENING: &str = "listening on ";
+
+each_backend! {
+    /// Twice as many clients as the server has descriptors connect and send their upgrade
+    /// request. The server runs out (and says so); then each answered client hangs up, which
+    /// must let the waiting ones in, with no new connection arriving to announce them. Last, a
+    /// fresh client is served. The server runs in a child process (this test binary again,
+    /// running only this test) under a low RLIMIT_NOFILE, which would otherwise starve every
+    /// test running beside it.
+    fn accept_resumes_after_fd_exhaustion(backend) {
+        if std::env::var_os(FD_CHILD).is_some() {
+            return serve_with_few_descriptors(backend);
+        }
+        let child = FdChild::spawn(backend);
+        let addr = child.addr;
+        let mut waiting = Vec::new();
+        for _ in 0..2 * FD_LIMIT {
+            let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+            let mut request = Vec::new();
+            let key = ringside_proto::handshake::generate_key();
+            ringside_proto::handshake::write_client_request("a", "/", &key, &[], &[], &mut request);
+            s.write_all(&request).unwrap();
+            s.set_nonblocking(true).unwrap();
+            waiting.push((s, Vec::new()));
+        }
+        child.wait_for_stderr("Too many open files", WAIT);
+        // Out of descriptors with clients waiting, the server retries now and then: it does
+        // not spin.
+        let (cpu_before, held) = (child.cpu_time(), Instant::now());
+        sleep(HOLD);
+        let (cpu, held) = (child.cpu_time() - cpu_before, held.elapsed());
+        eprintln!("server CPU while out of descriptors: {cpu:?} in {held:?}");
+        assert!(cpu < held / 4, "the server used {cpu:?} of CPU in {held:?}");
+
+        // Each answered client hangs up at once, freeing a descriptor for one that waits.
+        let (mut answered, mut refused) = (0, 0);
+        let mut progress = Instant::now();
+        let mut buf = [0; 1024];
+        while !waiting.is_empty() {
+            let before = waiting.len();
+            waiting.retain_mut(|(s, got): &mut (TcpStream, Vec<u8>)| match s.read(&mut buf) {
+                Ok(0) => {
+                    refused += 1;
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    refused += 1;
+                    false
+                }
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    let done = got.windows(4).any(|w| w == b"\r\n\r\n");
+                    if done {
+                        let head = String::from_utf8_lossy(got);
+                        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+                        answered += 1;
+                    }
+                    !done
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) => panic!("{e}"),
+            });
+            if waiting.len() < before {
+                progress = Instant::now();
+            }
+            assert!(
+                progress.elapsed() < RESUME_WITHIN,
+                "accepting stalled: {} clients still wait, {answered} answered, {refused} \
+                 refused; server said: {}",
+                waiting.len(),
+                child.stderr()
+            );
+            sleep(Duration::from_millis(2));
+        }
+        eprintln!("{answered} clients answered, {refused} turned away");
+        assert!(answered > FD_LIMIT / 2, "{answered} answered");
+        if backend == Backend::Epoll {
+            // Left in the listen queue, every client is served in the end.
+            assert_eq!(refused, 0);
+        }
+
+        // Everyone is gone: a fresh client is served within the second. io_uring may still turn
+        // a client away while its table frees up (it accepts, and drops what it cannot hold),
+        // so a refused one tries again, as a client would.
+        let started = Instant::now();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Client::connect(addr) {
+                Ok(mut c) => {
+                    c.send_text("back").unwrap();
+                    assert_eq!(c.recv().unwrap(), Seen::Text("back".into()));
+                    break;
+                }
+                Err(e) => {
+                    assert!(backend != Backend::Epoll, "epoll refused a fresh client: {e}");
+                    assert!(started.elapsed() < RESUME_WITHIN, "no fresh client served: {e}");
+                    sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let took = started.elapsed();
+        eprintln!("fresh client served after {took:?} ({tries} tries)");
+        assert!(took < RESUME_WITHIN, "{took:?}");
+        child.finish();
+    }
+}
+
+/// The child's side: check the limit took, serve, and stop when the parent closes stdin.
+fn serve_with_few_descriptors(backend: Backend) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(values, [FD_LIMIT.to_string(), FD_LIMIT.to_string()], "{line}");
+    let server = start(backend, |b| b, || Echo);
+    println!("{LISTENING}{}", server.addr);
+    io::stdout().flush().unwrap();
+    // Bounded by the parent, which closes stdin when done and kills us if it fails.
+    let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    server.shutdown().unwrap();
+}
+
+/// The server's process, killed if the test fails before `finish`.
+struct FdChild {
+    process: std::process::Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl FdChild {
+    fn spawn(backend: Backend) -> FdChild {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let name = match backend {
+            Backend::Epoll => "epoll",
+            _ => "io_uring",
+        };
+        let test = format!("accept_resumes_after_fd_exhaustion::{name}");
+        // `ulimit -n` sets the soft and the hard limit, so nothing can raise it again.
+        let mut process = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {FD_LIMIT} && exec \"$0\" \"$@\""))
+            .arg(std::env::current_exe().unwrap())
+            .args([&test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(FD_CHILD, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = process.stderr.take().unwrap();
+        let log = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = err.read(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                eprint!("[server] {text}");
+                log.lock().unwrap().push_str(&text);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = BufReader::new(process.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                // Not at the start of the line: the test harness wrote the test's name there.
+                if let Some((_, addr)) = line.split_once(LISTENING) {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let mut child = FdChild { process, addr: ([127, 0, 0, 1], 0).into(), stderr };
+        child.addr = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the server process did not start: {}", child.stderr()));
+        child
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// CPU time the server process has used, user and system, from `/proc/<pid>/stat` (in
+    /// clock ticks of 10 ms: USER_HZ is 100 on every Linux architecture we run on).
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())).unwrap();
+        // Fields after the command name, which is in parentheses and may hold spaces: state
+        // is the first, utime the 12th and stime the 13th.
+        let (_, fields) = stat.rsplit_once(')').unwrap();
+        let ticks: u64 =
+            fields.split_whitespace().skip(11).take(2).map(|t| t.parse::<u64>().unwrap()).sum();
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn wait_for_stderr(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.stderr().contains(text) {
+            assert!(Instant::now() < deadline, "the server never said {text:?}: {}", self.stderr());
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Closes the child's stdin and expects it to shut down cleanly.
+    fn finish(mut self) {
+        drop(self.process.stdin.take());
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.process.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the server process did not exit");
+            sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "server process: {status}; {}", self.stderr());
+    }
+}
+
+impl Drop for FdChild {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }

@@ -23,6 +23,13 @@ pub enum Error {
     MalformedRequest(&'static str),
     /// The method is not `GET`. Answer: 405 with `Allow: GET`.
     MethodNotAllowed,
+    /// The request target is neither a path (`/chat?room=1`) nor an absolute `http` or `https`
+    /// URI (`http://host/chat`): `*`, `host:port`, a bare name. Answer: 400.
+    BadTarget,
+    /// The request announces a body (`Transfer-Encoding`, or a `Content-Length` other than 0).
+    /// An upgrade request has none, and what follows its head is read as WebSocket frames.
+    /// Answer: 400.
+    UnexpectedBody,
     /// The request carries no `Host` header, or more than one. Answer: 400.
     MissingHost,
     /// A plain HTTP request with no `Upgrade` header at all: not a WebSocket client.
@@ -99,6 +106,8 @@ impl Error {
     pub fn http_status(&self) -> Option<u16> {
         Some(match self {
             Error::MalformedRequest(_)
+            | Error::BadTarget
+            | Error::UnexpectedBody
             | Error::MissingHost
             | Error::BadUpgrade
             | Error::BadConnection
@@ -183,6 +192,13 @@ impl fmt::Display for Error {
         match self {
             Error::MalformedRequest(what) => write!(f, "malformed HTTP request: {what}"),
             Error::MethodNotAllowed => f.write_str("a WebSocket upgrade must use GET"),
+            Error::BadTarget => {
+                f.write_str("the request target must be a path (/chat) or an http(s) URI")
+            }
+            Error::UnexpectedBody => f.write_str(
+                "an upgrade request has no body: send no Content-Length (or 0) and no \
+                 Transfer-Encoding",
+            ),
             Error::MissingHost => f.write_str("the request needs exactly one Host header"),
             Error::NotUpgrade => {
                 f.write_str("this is a WebSocket endpoint: send an upgrade request")
@@ -235,6 +251,8 @@ mod tests {
         let all = [
             Error::MalformedRequest("x"),
             Error::MethodNotAllowed,
+            Error::BadTarget,
+            Error::UnexpectedBody,
             Error::MissingHost,
             Error::NotUpgrade,
             Error::BadUpgrade,

@@ -94,6 +94,29 @@ fn every_rejection_has_its_status_and_headers() {
         ("head over 8 KiB", edit("Origin", &format!("{long_header}Origin")), 431, &[]),
         ("over 64 headers", edit("Origin", &format!("{many_headers}Origin")), 431, &[]),
         ("origin refused", edit("https://app.example.com", "https://evil.example"), 403, &[]),
+        ("asterisk target", edit("GET /chat ", "GET * "), 400, &[]),
+        ("OPTIONS *", edit("GET /chat ", "OPTIONS * "), 405, &["Allow: GET"]),
+        ("authority-form target", edit("GET /chat ", "GET server.example.com:80 "), 400, &[]),
+        ("target without a slash", edit("GET /chat ", "GET chat "), 400, &[]),
+        ("ws: absolute target", edit("GET /chat ", "GET ws://server.example.com/chat "), 400, &[]),
+        ("userinfo in the target", edit("GET /chat ", "GET http://u:p@a.example/chat "), 400, &[]),
+        (
+            "absolute-form target",
+            edit("GET /chat ", "GET http://server.example.com/chat "),
+            101,
+            &["Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="],
+        ),
+        ("absolute-form without a path", edit("GET /chat ", "GET https://a.example "), 101, &[]),
+        ("Content-Length: 5", edit("Origin", "Content-Length: 5\r\nOrigin"), 400, &[]),
+        ("Content-Length: 0", edit("Origin", "Content-Length: 0\r\nOrigin"), 101, &[]),
+        ("Content-Length: junk", edit("Origin", "Content-Length: x\r\nOrigin"), 400, &[]),
+        ("chunked", edit("Origin", "Transfer-Encoding: chunked\r\nOrigin"), 400, &[]),
+        (
+            "chunked and Content-Length: 0",
+            edit("Origin", "Content-Length: 0\r\nTransfer-Encoding: chunked\r\nOrigin"),
+            400,
+            &[],
+        ),
     ];
     let cfg = config();
     for (name, request, status, headers) in &cases {

@@ -1,6 +1,7 @@
 //! The opening handshake (RFC 6455 section 4): the HTTP/1.1 upgrade, server side and client side.
 //!
-//! Server side: [`parse_request`] finds and parses a request head in the bytes read so far,
+//! Server side: [`parse_request_incremental`] finds and parses a request head in the bytes read
+//! so far (at a cost linear in them however they arrive; [`parse_request`] parses from scratch),
 //! [`validate`] applies the checks of section 4.2.1 and chooses a subprotocol, and
 //! [`Accept::write_response`] writes the `101 Switching Protocols` answer. A rejection is an
 //! [`Error`] whose [`Error::http_response`] is the answer to send instead.
@@ -26,7 +27,7 @@ mod test_util;
 
 pub use client::{generate_key, parse_response, write_client_request, ClientAccepted};
 pub use extensions::{parse_extensions, ExtensionOffer};
-pub use request::{parse_request, Request};
+pub use request::{head_end, parse_request, parse_request_incremental, Request};
 pub use server::{accept_key, validate, Accept};
 
 /// The most header fields a request (or a response, client side) may carry.
@@ -71,6 +72,7 @@ impl Default for HandshakeConfig {
 mod tests {
     use super::test_util::get;
     use super::*;
+    use crate::error::Error;
 
     /// xorshift64*: deterministic noise without a dependency.
     struct Rng(u64);
@@ -97,8 +99,31 @@ mod tests {
         }
     }
 
+    /// The incremental parse of `buf[..cut]` then (if that waits for more) `buf`, checked
+    /// against the whole parse.
+    fn exercise_incremental(buf: &[u8], cut: usize, cfg: &HandshakeConfig) {
+        let incremental = |buf: &[u8], scanned: usize| {
+            let got = parse_request_incremental(buf, scanned, cfg);
+            if head_end(buf, 0).is_some() {
+                assert_eq!(got, parse_request(buf, cfg));
+            } else if buf.len() >= cfg.max_head_bytes {
+                assert_eq!(got, Err(Error::HeadersTooLarge));
+            } else {
+                assert_eq!(got, Ok(None));
+            }
+            got == Ok(None)
+        };
+        if incremental(&buf[..cut], 0) {
+            incremental(buf, cut);
+        }
+    }
+
     fn exercise(buf: &[u8], cfg: &HandshakeConfig) {
+        for cut in [0, buf.len() / 3, buf.len() / 2, buf.len()] {
+            exercise_incremental(buf, cut, cfg);
+        }
         if let Ok(Some(req)) = parse_request(buf, cfg) {
+            assert_eq!(head_end(buf, 0), Some(req.head_len()));
             assert!(req.head_len() <= buf.len());
             let _ = req.cookies().count();
             let _ = format!("{req:?}");

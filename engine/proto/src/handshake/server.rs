@@ -10,6 +10,7 @@ use sha1::{Digest, Sha1};
 use crate::error::Error;
 
 use super::headers::{has_token, is_token, single, trim_ows};
+use super::request::resource_name;
 use super::{parse_extensions, ExtensionOffer, HandshakeConfig, Request, GUID};
 
 /// What the server answers with when it accepts.
@@ -52,7 +53,10 @@ impl Accept<'_> {
 /// Checks an upgrade request as RFC 6455 section 4.2.1 says, and chooses a subprotocol.
 ///
 /// The checks run in this order, the first failure being the answer: method `GET`
-/// ([`Error::MethodNotAllowed`]); HTTP/1.1 ([`Error::MalformedRequest`]); exactly one `Host`
+/// ([`Error::MethodNotAllowed`]); HTTP/1.1 ([`Error::MalformedRequest`]); a target in origin
+/// form (`/chat`) or absolute form (`http://host/chat`) ([`Error::BadTarget`]); no body: no
+/// `Transfer-Encoding` and no `Content-Length` other than 0 ([`Error::UnexpectedBody`]); exactly
+/// one `Host`
 /// ([`Error::MissingHost`]); an `Upgrade` header ([`Error::NotUpgrade`]) naming `websocket`
 /// ([`Error::BadUpgrade`]); `Connection` holding `upgrade` ([`Error::BadConnection`]);
 /// `Sec-WebSocket-Version` present ([`Error::MissingVersion`]) and 13
@@ -65,6 +69,12 @@ pub fn validate<'b>(req: &Request<'b>, cfg: &HandshakeConfig) -> Result<Accept<'
     }
     if req.version() != 1 {
         return Err(Error::MalformedRequest("HTTP/1.1 is required"));
+    }
+    if resource_name(req.target()).is_none() {
+        return Err(Error::BadTarget);
+    }
+    if has_body(req) {
+        return Err(Error::UnexpectedBody);
     }
     if req.header_values("host").count() != 1 {
         return Err(Error::MissingHost);
@@ -113,6 +123,21 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
 fn is_valid_key(key: &[u8]) -> bool {
     let mut raw = [0; 18];
     key.len() == 24 && STANDARD.decode_slice(key, &mut raw) == Ok(16)
+}
+
+/// Whether the request announces a body. An upgrade request has none (RFC 6455 section 4.1
+/// describes a bare GET), and the bytes after the head are read as WebSocket frames: a body
+/// there would be parsed as frames, and a proxy in front that framed the request by its
+/// `Content-Length` or `Transfer-Encoding` would disagree with us on where it ends (request
+/// smuggling). `Content-Length: 0` announces none and passes; so does a value of more zeros,
+/// which still means 0 (RFC 9110 section 8.6); anything else is refused, lists and repeats
+/// included.
+fn has_body(req: &Request<'_>) -> bool {
+    req.header_values("transfer-encoding").next().is_some()
+        || req.header_values("content-length").any(|value| {
+            let value = trim_ows(value);
+            value.is_empty() || value.iter().any(|&b| b != b'0')
+        })
 }
 
 fn check_origin(req: &Request<'_>, cfg: &HandshakeConfig) -> Result<(), Error> {
@@ -225,6 +250,45 @@ mod tests {
         let e = rejected(&request("GET /chat HTTP/1.0", &[], &[]), &HandshakeConfig::default());
         assert!(matches!(e, Error::MalformedRequest(_)));
         assert_eq!(e.http_status(), Some(400));
+    }
+
+    #[test]
+    fn target_must_be_a_path_or_an_http_uri() {
+        for target in ["*", "server.example.com:443", "chat", "ws://a/chat", "http://u@a/chat"] {
+            let buf = request(&format!("GET {target} HTTP/1.1"), &[], &[]);
+            let e = rejected(&buf, &HandshakeConfig::default());
+            assert_eq!(e, Error::BadTarget, "{target}");
+            assert_eq!(e.http_status(), Some(400));
+        }
+        for target in ["/", "/chat?x=1", "http://server.example.com/chat", "https://a:1"] {
+            accepted(&request(&format!("GET {target} HTTP/1.1"), &[], &[]));
+        }
+        // The method is checked first: `OPTIONS *` is the 405 of any other method.
+        assert_eq!(status(&request("OPTIONS * HTTP/1.1", &[], &[])), 405);
+    }
+
+    #[test]
+    fn a_request_with_a_body_is_400() {
+        for header in [
+            "Content-Length: 5",
+            "Content-Length: 10, 10",
+            "Content-Length: 0, 5",
+            "Content-Length:",
+            "Content-Length: -0",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: identity",
+            "transfer-encoding: gzip, chunked",
+        ] {
+            let e = rejected(&get(&[], &[header]), &HandshakeConfig::default());
+            assert_eq!(e, Error::UnexpectedBody, "{header}");
+            assert_eq!(e.http_status(), Some(400));
+            assert!(response_text(e).contains("an upgrade request has no body"));
+        }
+        let twice = get(&[], &["Content-Length: 0", "Content-Length: 7"]);
+        assert_eq!(rejected(&twice, &HandshakeConfig::default()), Error::UnexpectedBody);
+        accepted(&get(&[], &["Content-Length: 0"]));
+        accepted(&get(&[], &["Content-Length:  00 "]));
+        accepted(&get(&[], &["Content-Length: 0", "Content-Length: 0"]));
     }
 
     #[test]

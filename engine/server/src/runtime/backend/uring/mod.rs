@@ -152,6 +152,9 @@ pub struct Uring {
 /// Counters shown in `Debug`, for diagnosis.
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
+    /// Accepts that failed for lack of a slot in the direct-descriptor table (ENFILE), of a
+    /// descriptor or of memory.
+    accept_errors: u64,
     enobufs: u64,
     stale: u64,
     cq_overflow: u64,
@@ -175,6 +178,14 @@ impl std::fmt::Debug for Uring {
 }
 
 impl Uring {
+    /// Accepts that failed for lack of a slot in the direct-descriptor table (ENFILE), of a
+    /// descriptor or of memory, since the backend started. While the shortage lasts, each
+    /// retry that fails counts too: about 50 a second.
+    #[expect(dead_code, reason = "for the worker's stats, which do not show it yet")]
+    pub fn accept_errors(&self) -> u64 {
+        self.stats.accept_errors
+    }
+
     /// A ring serving `listener` (bound, listening, non-blocking). Call it on the worker's
     /// thread: the ring is set up for a single issuer.
     pub fn new(listener: TcpListener, waker: Waker, settings: &Settings) -> io::Result<Self> {
@@ -546,7 +557,11 @@ impl Uring {
                 }
             }
         } else if res != -libc::ECANCELED {
-            crate::log_rate_limited("accept", &io::Error::from_raw_os_error(-res));
+            let e = io::Error::from_raw_os_error(-res);
+            if super::epoll::is_transient_accept_error(&e) {
+                self.stats.accept_errors += 1;
+            }
+            crate::log_rate_limited("accept", &e);
         }
         if cqueue::more(flags) {
             return;
@@ -555,6 +570,10 @@ impl Uring {
             Accept::Armed if res >= 0 => self.arm_accept(),
             Accept::Armed => {
                 // EMFILE, ENFILE (the direct-descriptor table is full), ENOBUFS...: retry later.
+                // Not at once: the accept would fail again while the shortage lasts. Unlike
+                // epoll's, this accept has already taken the connection off the listen queue
+                // when installing it in the full table fails, and the kernel closes it: while
+                // the table is full, each retry turns one waiting client away.
                 self.accept = Accept::Retrying;
                 let timer = opcode::Timeout::new(&ACCEPT_RETRY)
                     .build()
