@@ -1,7 +1,8 @@
 //! The io_uring backend: one ring per worker, created and used on the worker's thread only.
 //!
-//! Operations: a multishot accept into direct descriptors (the ring's fixed-file table, so held
-//! connections take no slot in the process fd table), a multishot recv per connection selecting
+//! Operations: [`accept::SLOTS`] single-shot accepts into direct descriptors (the ring's
+//! fixed-file table, so held connections take no slot in the process fd table), each with its
+//! own peer-address buffer (see `accept.rs`), a multishot recv per connection selecting
 //! from one provided-buffer ring per worker, one `Send` (or `SendMsg` over an iovec array, when
 //! shared frames are queued) at a time per connection straight from its [`SendQueue`],
 //! `Shutdown`, `AsyncCancel` and `Close` on the direct descriptor to close, and a multishot poll
@@ -19,6 +20,7 @@
 //! What it does not do: zero-copy send (no gain for small messages, see IO_URING_NOTES.md),
 //! registered buffers, SQPOLL.
 
+mod accept;
 mod buf_ring;
 mod op;
 mod setup;
@@ -34,6 +36,7 @@ use std::time::Duration;
 use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
 
+use self::accept::Accepts;
 use self::buf_ring::{BufRing, GROUP};
 use self::op::{Kind, Op, GEN_MASK};
 pub use self::setup::probe;
@@ -112,11 +115,12 @@ impl Conn {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
-    /// The multishot accept is in the ring.
+    /// Every accept slot has its accept in the ring; each completion re-arms its slot.
     Armed,
-    /// It failed; a timer re-arms it.
+    /// An accept failed (out of descriptors or memory): slots that complete stay out of the
+    /// ring (a connection they accepted is still handed over) until a timer re-arms them all.
     Retrying,
-    /// `stop_accepting` cancelled it; waiting for its final completion.
+    /// `stop_accepting` cancelled the slots in flight; waiting for each one's completion.
     Stopping,
     /// Not accepting; the listener is closed.
     Stopped,
@@ -130,6 +134,9 @@ pub struct Uring {
     taskrun: TaskRun,
     listener: Option<TcpListener>,
     accept: Accept,
+    /// Declared after `ring`, and `Drop` cancels every operation first: the kernel writes peer
+    /// addresses into these until the accepts complete.
+    accepts: Accepts,
     waker: Waker,
     conns: Vec<Conn>,
     fixed_files: u32,
@@ -170,6 +177,7 @@ impl std::fmt::Debug for Uring {
             .field("fixed_files", &self.fixed_files)
             .field("buffers", &self.bufs)
             .field("accept", &self.accept)
+            .field("accepts", &self.accepts)
             .field("live", &self.conns.iter().filter(|c| c.has(LIVE)).count())
             .field("sockopt_cmd", &self.sockopt_cmd)
             .field("stats", &self.stats)
@@ -200,6 +208,7 @@ impl Uring {
             taskrun,
             listener: None,
             accept: Accept::Stopped,
+            accepts: Accepts::new(),
             waker,
             conns: Vec::new(),
             fixed_files: 0,
@@ -220,7 +229,7 @@ impl Uring {
         set_option(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, &ONE);
         this.listener = Some(listener);
         this.arm_waker();
-        this.arm_accept();
+        this.arm_accepts();
         Ok(this)
     }
 
@@ -231,7 +240,9 @@ impl Uring {
         if self.backlog.is_empty() {
             // SAFETY: every entry built here points at memory valid until its completion: a
             // connection's in-flight send bytes, iovecs and msghdr (kept by `SendQueue::begin`
-            // until `complete`, and the id is not released before the completion), or statics.
+            // until `complete`, and the id is not released before the completion), an accept
+            // slot's address buffer (owned by `accepts`, which never moves or frees it before
+            // `Drop` has cancelled and waited for every operation), or statics.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
@@ -307,13 +318,21 @@ impl Uring {
         self.push(poll);
     }
 
-    fn arm_accept(&mut self) {
+    /// Puts every idle accept slot back in the ring.
+    fn arm_accepts(&mut self) {
         let Some(listener) = &self.listener else { return };
-        let accept = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
-            .allocate_file_index(true)
-            .build()
-            .user_data(Op::global(Kind::Accept).encode());
+        let fd = listener.as_raw_fd();
         self.accept = Accept::Armed;
+        for k in self.accepts.idle() {
+            let accept = self.accepts.arm(k, fd);
+            self.push(accept);
+        }
+    }
+
+    /// Re-arms accept slot `k` after its completion.
+    fn arm_accept(&mut self, k: usize) {
+        let Some(listener) = &self.listener else { return };
+        let accept = self.accepts.arm(k, listener.as_raw_fd());
         self.push(accept);
     }
 
@@ -498,10 +517,10 @@ impl Uring {
             return;
         };
         match op.kind {
-            Kind::Accept => self.on_accept(res, flags, driver),
+            Kind::Accept => self.on_accept(op, res, driver),
             Kind::AcceptRetry => {
                 if self.accept == Accept::Retrying {
-                    self.arm_accept();
+                    self.arm_accepts();
                 }
             }
             Kind::AcceptCancel | Kind::Refused => {}
@@ -535,12 +554,17 @@ impl Uring {
         }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32, driver: &mut dyn Driver) {
+    fn on_accept(&mut self, op: Op, res: i32, driver: &mut dyn Driver) {
+        let Some(k) = self.accepts.complete(op) else {
+            self.stats.stale += 1;
+            return;
+        };
         if res >= 0 {
             let slot = res as u32;
             let id = match self.accept {
-                Accept::Armed => driver.on_accept(None),
-                _ => None,
+                // Read before the slot is re-armed: the next accept overwrites the address.
+                Accept::Armed | Accept::Retrying => driver.on_accept(self.accepts.peer(k)),
+                Accept::Stopping | Accept::Stopped => None,
             };
             match id {
                 Some(id) if id < u32::MAX as usize => self.open(id, slot),
@@ -563,28 +587,26 @@ impl Uring {
             }
             crate::log_rate_limited("accept", &e);
         }
-        if cqueue::more(flags) {
-            return;
-        }
         match self.accept {
-            Accept::Armed if res >= 0 => self.arm_accept(),
+            Accept::Armed if res >= 0 => self.arm_accept(k),
             Accept::Armed => {
-                // EMFILE, ENFILE (the direct-descriptor table is full), ENOBUFS...: retry later.
-                // Not at once: the accept would fail again while the shortage lasts. Unlike
-                // epoll's, this accept has already taken the connection off the listen queue
-                // when installing it in the full table fails, and the kernel closes it: while
-                // the table is full, each retry turns one waiting client away.
+                // EMFILE, ENFILE (the direct-descriptor table is full), ENOBUFS...: retry later,
+                // all slots at once (the others would likely fail alike). Not at once: the
+                // accept would fail again while the shortage lasts. Unlike epoll's, this accept
+                // has already taken the connection off the listen queue when installing it in
+                // the full table fails, and the kernel closes it: while the table is full, each
+                // retry turns one waiting client away.
                 self.accept = Accept::Retrying;
                 let timer = opcode::Timeout::new(&ACCEPT_RETRY)
                     .build()
                     .user_data(Op::global(Kind::AcceptRetry).encode());
                 self.push(timer);
             }
-            Accept::Stopping => {
+            Accept::Stopping if !self.accepts.any_in_flight() => {
                 self.accept = Accept::Stopped;
                 self.listener = None;
             }
-            Accept::Retrying | Accept::Stopped => {}
+            Accept::Retrying | Accept::Stopping | Accept::Stopped => {}
         }
     }
 
@@ -814,15 +836,20 @@ impl Backend for Uring {
 
     fn stop_accepting(&mut self) {
         match self.accept {
-            Accept::Armed => {
+            Accept::Armed | Accept::Retrying if self.accepts.any_in_flight() => {
+                // Each slot's completion (cancelled, or a connection accepted meanwhile, which
+                // is refused) takes it out of flight; the last one closes the listener. A retry
+                // timer still pending finds Stopping or Stopped and does nothing.
                 self.accept = Accept::Stopping;
-                let cancel = opcode::AsyncCancel::new(Op::global(Kind::Accept).encode())
-                    .build()
-                    .user_data(Op::global(Kind::AcceptCancel).encode());
-                self.push(cancel);
+                for k in self.accepts.busy() {
+                    let cancel = opcode::AsyncCancel::new(Accepts::op(k).encode())
+                        .build()
+                        .user_data(Op::global(Kind::AcceptCancel).encode());
+                    self.push(cancel);
+                }
             }
-            Accept::Retrying => {
-                // No accept in the ring (the timer finds Stopped and does nothing).
+            Accept::Armed | Accept::Retrying => {
+                // No accept in the ring.
                 self.accept = Accept::Stopped;
                 self.listener = None;
             }

@@ -13,11 +13,11 @@ pub(super) const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Kind {
-    /// The multishot accept on the listener.
+    /// One of the single-shot accepts on the listener; the id is its accept slot.
     Accept = 1,
     /// The timer that re-arms accept after a resource error.
     AcceptRetry,
-    /// The cancel of the accept (`stop_accepting`).
+    /// The cancel of an accept (`stop_accepting`).
     AcceptCancel,
     /// Closing a socket the driver refused.
     Refused,

@@ -41,7 +41,7 @@ impl TaskRun {
 const MAX_FIXED_FILES: u64 = 1 << 20;
 /// Opcodes the backend cannot run without.
 const REQUIRED: [(u8, &str); 9] = [
-    (opcode::AcceptMulti::CODE, "ACCEPT"),
+    (opcode::Accept::CODE, "ACCEPT"),
     (opcode::RecvMulti::CODE, "RECV"),
     (opcode::Send::CODE, "SEND"),
     (opcode::SendMsg::CODE, "SENDMSG"),

@@ -3,8 +3,9 @@
 //! std sockets and the protocol crate as the client. Every read has a timeout, so a hang fails
 //! instead of stalling the suite.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,8 @@ use ringside_proto::handshake::{generate_key, parse_response, write_client_reque
 use ringside_proto::{CloseCode, Config, Connection, Event, Message, Role};
 
 use super::super::{Backend as _, Driver, SendQueue, Waker};
-use super::Uring;
+use super::accept::SLOTS;
+use super::{Accept, Uring};
 use crate::runtime::queue::Pool;
 use crate::{Backend, Builder, Handler, Server, ServerHandle, Settings, WebSocket, Workers};
 
@@ -25,12 +27,16 @@ struct Recorder {
     events: Vec<String>,
     data: Vec<u8>,
     queues: Vec<SendQueue>,
+    /// The peer address reported for each id.
+    peers: Vec<Option<SocketAddr>>,
+    released: usize,
 }
 
 impl Driver for Recorder {
-    fn on_accept(&mut self, _peer: Option<SocketAddr>) -> Option<usize> {
+    fn on_accept(&mut self, peer: Option<SocketAddr>) -> Option<usize> {
         self.next += 1;
         self.queues.push(SendQueue::default());
+        self.peers.push(peer);
         self.events.push(format!("accept {}", self.next - 1));
         Some(self.next - 1)
     }
@@ -47,21 +53,44 @@ impl Driver for Recorder {
         self.events.push(format!("sent {id}"));
     }
     fn on_released(&mut self, id: usize) {
+        self.released += 1;
         self.events.push(format!("released {id}"));
     }
 }
 
-/// A bare backend on a fresh listener; `None` (said out loud) if io_uring cannot run here.
+/// A bare backend on a fresh listener on 127.0.0.1; `None` (said out loud) if io_uring cannot
+/// run here.
 fn bare() -> Option<(Uring, SocketAddr)> {
+    bare_with(small(), "127.0.0.1:0".parse().unwrap())
+}
+
+fn small() -> Settings {
+    Settings { recv_buffers: 8, recv_buffer_size: 4096, ..Settings::default() }
+}
+
+/// A bare backend on a fresh listener bound to `addr`, with the server's listen backlog (a
+/// burst of connects overflowing a short accept queue gets SYNs dropped and even resets).
+fn bare_with(settings: Settings, addr: SocketAddr) -> Option<(Uring, SocketAddr)> {
     if let Err(why) = crate::runtime::probe_uring(&Settings::default()) {
         eprintln!("SKIPPED: io_uring unavailable: {why}");
         return None;
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(65535).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let listener = std::net::TcpListener::from(socket);
     let addr = listener.local_addr().unwrap();
-    let settings = Settings { recv_buffers: 8, recv_buffer_size: 4096, ..Settings::default() };
     Some((Uring::new(listener, Waker::new().unwrap(), &settings).unwrap(), addr))
+}
+
+/// A client connected to `to` from `from` (bound first, any port).
+fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
 }
 
 /// Polls until `done` holds (bounded).
@@ -181,6 +210,131 @@ fn paused_connection_gets_no_data_until_resumed() {
 }
 
 #[test]
+fn reports_each_peer_address() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let first = TcpStream::connect(addr).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    let second = connect_from(Ipv4Addr::new(127, 0, 0, 2).into(), addr);
+    poll_until(&mut ring, &mut driver, |d| d.next == 2);
+    assert_eq!(driver.peers[0], Some(first.local_addr().unwrap()));
+    assert_eq!(driver.peers[1], Some(second.local_addr().unwrap()));
+    assert_eq!(second.local_addr().unwrap().ip(), Ipv4Addr::new(127, 0, 0, 2));
+}
+
+#[test]
+fn reports_an_ipv6_peer_address() {
+    let loopback: SocketAddr = "[::1]:0".parse().unwrap();
+    if std::net::TcpListener::bind(loopback).is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback here");
+        return;
+    }
+    let Some((mut ring, addr)) = bare_with(small(), loopback) else { return };
+    let mut driver = Recorder::default();
+    let client = TcpStream::connect(addr).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
+    assert_eq!(driver.peers[0], Some(client.local_addr().unwrap()));
+}
+
+#[test]
+fn hundred_concurrent_connects_each_get_their_own_address() {
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    // Four threads connect at once from four addresses, more connections than accept slots.
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let from = Ipv4Addr::new(127, 0, 0, 1 + t).into();
+                (0..25).map(|_| connect_from(from, addr)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    poll_until(&mut ring, &mut driver, |d| d.next == 100);
+    // The clients stay open until compared: a closed one's port could be reused.
+    let clients: Vec<TcpStream> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let expected: HashSet<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    let reported: HashSet<SocketAddr> = driver.peers.iter().map(|p| p.unwrap()).collect();
+    assert_eq!(expected.len(), 100);
+    assert_eq!(reported, expected, "each connection's own address, none repeated");
+}
+
+/// Connects clients until the 64-slot direct-descriptor table is full and one more, whose
+/// accept fails for want of a slot: accepting backs off. Returns the connected clients.
+fn fill_the_descriptor_table(
+    ring: &mut Uring,
+    driver: &mut Recorder,
+    addr: SocketAddr,
+) -> Vec<TcpStream> {
+    assert_eq!(ring.fixed_files, 64);
+    let clients: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    poll_until(ring, driver, |d| d.next == 64);
+    assert_eq!(ring.accept, Accept::Armed);
+    let _extra = TcpStream::connect(addr).unwrap();
+    let deadline = Instant::now() + READ_TIMEOUT;
+    // The state is checked after every poll: the retry timer (20 ms) is submitted by the next.
+    while ring.accept != Accept::Retrying {
+        assert!(Instant::now() < deadline, "accept never failed: {ring:?}");
+        ring.poll(driver, Duration::from_millis(10)).unwrap();
+    }
+    assert_eq!(driver.next, 64, "no id for a connection without a descriptor");
+    clients
+}
+
+#[test]
+fn every_accept_slot_comes_back_after_the_descriptor_table_filled() {
+    // A table of 64 direct descriptors (the cap's 0 plus the 64 kept for refusals).
+    let settings = Settings { max_connections_per_worker: 0, ..small() };
+    let Some((mut ring, addr)) = bare_with(settings, "127.0.0.1:0".parse().unwrap()) else {
+        return;
+    };
+    let mut driver = Recorder::default();
+    let clients = fill_the_descriptor_table(&mut ring, &mut driver, addr);
+    for id in 0..8 {
+        ring.close(id, true);
+    }
+    poll_until(&mut ring, &mut driver, |d| d.released == 8);
+    let late: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    poll_until(&mut ring, &mut driver, |d| d.next == 72);
+    for (client, peer) in late.iter().zip(&driver.peers[64..]) {
+        assert_eq!(*peer, Some(client.local_addr().unwrap()));
+    }
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while ring.accept != Accept::Armed || ring.accepts.busy().count() != SLOTS {
+        assert!(Instant::now() < deadline, "accept slots not re-armed: {ring:?}");
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+    }
+    drop(clients);
+}
+
+#[test]
+fn stop_accepting_while_backing_off_waits_for_every_slot() {
+    let settings = Settings { max_connections_per_worker: 0, ..small() };
+    let Some((mut ring, addr)) = bare_with(settings, "127.0.0.1:0".parse().unwrap()) else {
+        return;
+    };
+    let mut driver = Recorder::default();
+    let _clients = fill_the_descriptor_table(&mut ring, &mut driver, addr);
+    // The slot that failed is out of the ring; the others are still in it and get cancelled.
+    assert_eq!(ring.accepts.busy().count(), SLOTS - 1);
+    ring.stop_accepting();
+    assert_eq!(ring.accept, Accept::Stopping);
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while ring.accept != Accept::Stopped {
+        assert!(Instant::now() < deadline, "still stopping: {ring:?}");
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+    }
+    assert!(!ring.accepts.any_in_flight());
+    assert!(ring.listener.is_none());
+    // Long past the retry timer: it must not have re-armed anything.
+    for _ in 0..5 {
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+    }
+    assert!(!ring.accepts.any_in_flight());
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
+    assert_eq!(driver.next, 64);
+}
+
+#[test]
 fn stop_accepting_closes_the_listener() {
     let Some((mut ring, addr)) = bare() else { return };
     let mut driver = Recorder::default();
@@ -193,6 +347,8 @@ fn stop_accepting_closes_the_listener() {
         ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
     }
     assert_eq!(driver.next, 0, "no connection handed out after stop_accepting");
+    assert_eq!(ring.accept, Accept::Stopped);
+    assert!(!ring.accepts.any_in_flight(), "every slot reported before the listener closed");
 }
 
 #[test]
@@ -217,6 +373,67 @@ fn waker_ends_the_wait_from_another_thread() {
     let started = Instant::now();
     ring.poll(&mut driver, Duration::from_secs(10)).unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Connect rate through the bare backend: client threads connect and close at once, the ring
+/// accepts and closes. Reports connections per second and the polling thread's CPU time per
+/// connection (the accept, close and release work run there). Run it alone, in release:
+/// `cargo test -p ringside --lib --release -- --ignored accept_rate --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn accept_rate() {
+    const CONNECTIONS: usize = 5000;
+    const CLIENTS: usize = 4;
+    let Some((mut ring, addr)) = bare() else { return };
+    let mut driver = Recorder::default();
+    let cpu_before = thread_cpu();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..CONNECTIONS / CLIENTS {
+                    let stream = TcpStream::connect(addr).unwrap();
+                    // Close with a reset: no TIME_WAIT to exhaust the ports over repeated runs.
+                    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut closed = 0;
+    while driver.released < CONNECTIONS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {CONNECTIONS} released, {} accepted; {ring:?}",
+            driver.released,
+            driver.next
+        );
+        ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
+        for id in closed..driver.next {
+            ring.close(id, true);
+        }
+        closed = driver.next;
+    }
+    let elapsed = started.elapsed();
+    let cpu = thread_cpu() - cpu_before;
+    for client in clients {
+        client.join().unwrap();
+    }
+    eprintln!(
+        "{CONNECTIONS} connections from {CLIENTS} threads in {elapsed:?}: {:.0}/s, \
+         {:.1} µs of the polling thread's CPU each",
+        CONNECTIONS as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / CONNECTIONS as f64,
+    );
+    assert!(driver.peers.iter().all(Option::is_some), "every peer address reported");
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Echoes every message; counts closes by code.
