@@ -143,6 +143,7 @@ pub enum HeaderProblem {
 
 /// The outcome of [`resolve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Resolved {
     /// The client's address (IPv4-mapped IPv6 given as IPv4).
     pub addr: IpAddr,
