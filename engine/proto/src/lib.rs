@@ -11,12 +11,15 @@
 //! - [`close`]: close codes and close payloads.
 //! - [`message`]: fragment assembly and message size limits.
 //! - [`connection`]: the per-connection state machine tying the above together.
+//! - [`edge`]: the client's real address behind proxies: trusted-proxy ranges, the PROXY
+//!   protocol (v1 and v2), and the `X-Forwarded-For`, `Forwarded` and `X-Real-IP` headers.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod close;
 pub mod connection;
+pub mod edge;
 pub mod error;
 pub mod frame;
 pub mod handshake;
