@@ -18,6 +18,7 @@
 //! One [`Handler`] per worker, called on the worker's thread; every callback gets a
 //! [`WebSocket`] handle for its connection. The protocol core is re-exported as [`proto`].
 
+pub mod metrics;
 mod runtime;
 mod server;
 
