@@ -304,6 +304,41 @@ impl WorkerMetrics {
     }
 }
 
+/// One worker's block, held by value: what a worker's core and its backend keep so they can
+/// reach their counters without carrying the whole set and an index around.
+#[derive(Clone)]
+pub struct WorkerMetricsRef {
+    all: Arc<[WorkerMetrics]>,
+    index: usize,
+}
+
+impl WorkerMetricsRef {
+    /// Worker `index`'s block of `all`; `None` when there is no such worker.
+    pub fn new(all: Arc<[WorkerMetrics]>, index: usize) -> Option<Self> {
+        (index < all.len()).then_some(WorkerMetricsRef { all, index })
+    }
+
+    /// The worker index (the `worker` label).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl std::ops::Deref for WorkerMetricsRef {
+    type Target = WorkerMetrics;
+
+    #[inline]
+    fn deref(&self) -> &WorkerMetrics {
+        &self.all[self.index]
+    }
+}
+
+impl std::fmt::Debug for WorkerMetricsRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerMetricsRef").field("index", &self.index).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +411,17 @@ mod tests {
         assert_eq!(b[15], 1);
         assert_eq!(b[16], 2, "past 1 s is +Inf");
         assert_eq!(h.count(), 6);
+    }
+
+    #[test]
+    fn a_ref_reaches_its_own_block() {
+        let all = WorkerMetrics::for_workers(2);
+        let one = WorkerMetricsRef::new(Arc::clone(&all), 1).unwrap();
+        one.connections_accepted.inc();
+        assert_eq!(all[1].connections_accepted.get(), 1);
+        assert_eq!(all[0].connections_accepted.get(), 0);
+        assert_eq!(one.index(), 1);
+        assert!(WorkerMetricsRef::new(all, 2).is_none());
     }
 
     #[test]

@@ -38,8 +38,8 @@ mod exposition;
 mod listener;
 
 pub use counters::{
-    BackendKind, Counter, Gauge, Histogram, WorkerMetrics, CLOSE_CODES, LOOP_BUCKETS_NS,
-    UPGRADE_STATUSES,
+    BackendKind, Counter, Gauge, Histogram, WorkerMetrics, WorkerMetricsRef, CLOSE_CODES,
+    LOOP_BUCKETS_NS, UPGRADE_STATUSES,
 };
 pub use exposition::{family_names, render, CONTENT_TYPE};
 pub use listener::{HealthFn, MetricsServer, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
