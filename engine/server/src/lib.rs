@@ -27,6 +27,7 @@
 
 mod api;
 mod config;
+pub mod metrics;
 mod runtime;
 mod server;
 mod signal;
