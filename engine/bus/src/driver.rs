@@ -337,6 +337,7 @@ impl<T: Transport> Driver<T> {
             return;
         }
         let written = conn.flush();
+        self.shared.count(Count::Flushes);
         let publishes = std::mem::take(&mut self.unflushed);
         match written {
             Ok(()) => self.shared.add(Count::Published, publishes),
@@ -400,6 +401,7 @@ impl<T: Transport> Driver<T> {
         }
         let publishes = std::mem::take(&mut self.unflushed);
         let conn = self.conn.as_mut().expect("set above");
+        self.shared.count(Count::Flushes);
         if let Err(e) = conn.flush() {
             self.shared.add(Count::Dropped, publishes);
             if let Some(conn) = self.conn.take() {

@@ -29,6 +29,9 @@ pub(crate) fn queue_cost(frame_len: usize) -> usize {
 pub struct BusStats {
     /// Publishes written to a bus connection.
     pub published: u64,
+    /// Times the bus thread wrote its buffered commands out (one write per socket with data):
+    /// `published / flushes` is how many publishes a write carries.
+    pub flushes: u64,
     /// Publishes this node never wrote: the queue was full, the backlog overflowed while
     /// disconnected, or a write failed with them in it.
     pub dropped: u64,
@@ -61,6 +64,7 @@ pub struct BusStats {
 #[derive(Debug, Default)]
 struct Counters {
     published: AtomicU64,
+    flushes: AtomicU64,
     dropped: AtomicU64,
     oversized: AtomicU64,
     received: AtomicU64,
@@ -80,6 +84,7 @@ struct Counters {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Count {
     Published,
+    Flushes,
     Dropped,
     Oversized,
     Reconnects,
@@ -174,6 +179,7 @@ impl Shared {
         let c = &self.counters;
         let counter = match what {
             Count::Published => &c.published,
+            Count::Flushes => &c.flushes,
             Count::Dropped => &c.dropped,
             Count::Oversized => &c.oversized,
             Count::Reconnects => &c.reconnects,
@@ -196,6 +202,7 @@ impl Shared {
         let get = |a: &AtomicU64| a.load(Relaxed);
         BusStats {
             published: get(&c.published),
+            flushes: get(&c.flushes),
             dropped: get(&c.dropped),
             oversized: get(&c.oversized),
             received: get(&c.received),
