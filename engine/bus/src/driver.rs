@@ -435,6 +435,8 @@ impl<T: Transport> Driver<T> {
         if let Some(conn) = self.conn.take() {
             conn.close();
         }
+        // Encoded, never written (a reader saw the end first): gone with the connection.
+        self.shared.add(Count::Dropped, std::mem::take(&mut self.unflushed));
         self.shared.set_sockets(Vec::new());
         self.shared.set_connected(false);
         self.shared.emit(Event::Disconnected { reason });

@@ -1,10 +1,29 @@
 //! Fans Ringside topics out across nodes over an existing message bus: NATS or Redis pub/sub.
 //!
-//! Each node publishes its topic publishes on the bus and subscribes on the bus to the topics
-//! some local connection wants (interest-based: [`BusHandle::interest_added`] and
+//! Each node sends its topic publishes to the bus, and subscribes on the bus to the topics some
+//! local connection wants (interest-based: [`BusHandle::interest_added`] and
 //! [`BusHandle::interest_removed`] count interest per topic, so the bus carries a topic to a node
 //! only while that node has a subscriber for it). Publishes from other nodes come back through a
-//! sink the server supplies ([`connect`]), which hands them to its workers.
+//! sink the server supplies ([`connect`]), which hands them to its workers. A node's own
+//! publishes never come back from the bus: the server delivers those locally, as without a bus.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use ringside_bus::{connect, Event};
+//!
+//! let bus = connect("nats://127.0.0.1:4222", |event| match event {
+//!     // Push into the inbox of each worker (they know their own subscribers) and wake it.
+//!     Event::Delivery(d) => println!("{} bytes on {} from {:x}", d.frame.len(), d.topic, d.origin),
+//!     Event::Gap(g) => eprintln!("lost {} publishes on {} from {:x}", g.lost(), g.topic, g.origin),
+//!     _ => {}
+//! })?;
+//! bus.interest_added("price.EURUSD")?; // a worker's first subscriber of the topic
+//! let frame = bytes::Bytes::from_static(b"\x81\x051.085"); // as the server encodes a publish
+//! bus.publish(Arc::from("price.EURUSD"), frame, 7)?; // to every other interested node
+//! bus.interest_removed("price.EURUSD"); // that worker's last subscriber left
+//! # Ok::<(), ringside_bus::BusError>(())
+//! ```
 //!
 //! A publish travels as an [envelope]: the origin node's random id, a sequence number per origin
 //! and topic, the conflation key, then the encoded WebSocket frame verbatim. The topic is the bus
@@ -131,7 +150,9 @@ impl Gap {
 
 /// Where the bus delivers [`Event`]s. It runs on a bus thread: it must not block (push into a
 /// worker's channel and wake it), or the bus connection stalls and the bus may drop this node
-/// as a slow consumer. It must not call [`BusHandle::shutdown`].
+/// as a slow consumer. It must not call [`BusHandle::shutdown`] (the call would wait for its own
+/// thread), nor own a [`BusHandle`] (a cycle: the bus would never stop). A panic in it is
+/// caught and counted ([`BusStats::sink_panics`]); that event is lost.
 pub type Sink = Box<dyn Fn(Event) + Send + Sync>;
 
 /// Tunables; [`Options::default`] fits most deployments.
@@ -169,6 +190,24 @@ impl Default for Options {
             backlog_bytes: 4 << 20,
             max_payload: 1 << 20,
         }
+    }
+}
+
+impl Options {
+    /// The options with every value in a range that works: timeouts and the ping interval at
+    /// least 10 ms (a zero timeout is an error for the socket calls, a zero interval a ping
+    /// storm), `backoff_min` at least 1 ms (zero would spin on a dead bus), `backoff_max` no
+    /// less than `backoff_min`, `max_payload` no more than what receivers accept
+    /// ([`MAX_INCOMING`]).
+    fn normalized(mut self) -> Options {
+        let floor = Duration::from_millis(10);
+        self.connect_timeout = self.connect_timeout.max(floor);
+        self.write_timeout = self.write_timeout.max(floor);
+        self.ping_interval = self.ping_interval.max(floor);
+        self.backoff_min = self.backoff_min.max(Duration::from_millis(1));
+        self.backoff_max = self.backoff_max.max(self.backoff_min);
+        self.max_payload = self.max_payload.min(MAX_INCOMING);
+        self
     }
 }
 
@@ -220,15 +259,17 @@ pub fn connect(
     connect_with(url, Options::default(), sink)
 }
 
-/// Connects to `url`: returns once the first connection is up (or with the reason it could not
-/// be made within `options.connect_timeout`); after that, lost connections are re-made in the
-/// background for as long as the handle lives.
+/// Connects to `url`: returns once the first connection is up (the sink has seen
+/// [`Event::Connected`] by then), or with the reason it could not be made within
+/// `options.connect_timeout`. After that, lost connections are re-made in the background for as
+/// long as the handle lives.
 pub fn connect_with(
     url: &str,
     options: Options,
     sink: impl Fn(Event) + Send + Sync + 'static,
 ) -> Result<BusHandle, BusError> {
     let endpoint = url::Endpoint::parse(url)?;
+    let options = options.normalized();
     let shared = Arc::new(Shared::new(Box::new(sink), options.clone()));
     let (commands, thread) = match endpoint.kind {
         url::Kind::Nats => driver::start(nats::Nats::new(endpoint), Arc::clone(&shared), options)?,
@@ -323,5 +364,42 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_clamped_to_what_works() {
+        let zero = Options {
+            connect_timeout: Duration::ZERO,
+            write_timeout: Duration::ZERO,
+            ping_interval: Duration::ZERO,
+            backoff_min: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            queue_bytes: 0,
+            backlog_bytes: 0,
+            max_payload: usize::MAX,
+        }
+        .normalized();
+        assert_eq!(zero.connect_timeout, Duration::from_millis(10));
+        assert_eq!(zero.write_timeout, Duration::from_millis(10));
+        assert_eq!(zero.ping_interval, Duration::from_millis(10));
+        assert_eq!(
+            (zero.backoff_min, zero.backoff_max),
+            (Duration::from_millis(1), Duration::from_millis(1))
+        );
+        assert_eq!(zero.max_payload, MAX_INCOMING);
+        let default = Options::default().normalized();
+        assert_eq!(default.backoff_max, Duration::from_secs(2));
+        assert_eq!(default.max_payload, 1 << 20);
+    }
+
+    #[test]
+    fn handles_are_send_sync_and_cheap_to_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<BusHandle>();
     }
 }

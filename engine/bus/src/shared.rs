@@ -55,6 +55,8 @@ pub struct BusStats {
     pub connect_failures: u64,
     /// Errors the bus server reported (`-ERR`), each also in a disconnect reason when fatal.
     pub server_errors: u64,
+    /// Events the sink panicked on (each one lost).
+    pub sink_panics: u64,
     /// Topics this node is subscribed to on the bus now.
     pub subscriptions: u64,
     /// Whether the connection is up now.
@@ -76,6 +78,7 @@ struct Counters {
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
     server_errors: AtomicU64,
+    sink_panics: AtomicU64,
     subscriptions: AtomicU64,
     connected: AtomicBool,
 }
@@ -193,8 +196,13 @@ impl Shared {
         self.counters.connected.store(up, Relaxed);
     }
 
+    /// Hands `event` to the sink. A panic there would end a bus thread (and with the bus
+    /// thread, the bus): it is caught and counted instead, after the panic hook reported it.
     pub fn emit(&self, event: Event) {
-        (self.sink)(event);
+        let call = std::panic::AssertUnwindSafe(|| (self.sink)(event));
+        if std::panic::catch_unwind(call).is_err() {
+            self.counters.sink_panics.fetch_add(1, Relaxed);
+        }
     }
 
     pub fn stats(&self) -> BusStats {
@@ -214,6 +222,7 @@ impl Shared {
             reconnects: get(&c.reconnects),
             connect_failures: get(&c.connect_failures),
             server_errors: get(&c.server_errors),
+            sink_panics: get(&c.sink_panics),
             subscriptions: get(&c.subscriptions),
             connected: c.connected.load(Relaxed),
         }
@@ -432,6 +441,22 @@ mod tests {
         }
         let routes = s.routes();
         assert!(routes.by_sid[&1].last_seq.len() <= MAX_ORIGINS_PER_TOPIC);
+    }
+
+    #[test]
+    fn a_panicking_sink_loses_the_event_not_the_thread() {
+        let sink: Sink = Box::new(|e| {
+            if let Event::Delivery(d) = e {
+                assert!(d.seq != 2, "the sink fails on seq 2");
+            }
+        });
+        let s = Shared::new(sink, Options::default());
+        s.add_route(1, "t".into(), "ringside.t");
+        for seq in 1..=3 {
+            s.receive(RouteKey::Sid(1), &msg(42, seq));
+        }
+        let st = s.stats();
+        assert_eq!((st.received, st.sink_panics), (3, 1));
     }
 
     #[test]
