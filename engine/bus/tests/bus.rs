@@ -202,8 +202,8 @@ each_bus! {
         wait_until(WAIT, "both nodes to reconnect", || {
             a.bus.stats().reconnects >= 1 && b.bus.stats().reconnects >= 1
         });
-        server.wait_subscribers(&subj, 1);
-        assert_eq!(server.subjects(), [subject::subject("added-while-down").unwrap(), subj]);
+        let resubscribed = [subject::subject("added-while-down").unwrap(), subj];
+        wait_until(WAIT, "b to subscribe again", || server.subjects() == resubscribed);
         while seen.last() - before_restart < 20 {
             b.next(WAIT, |e| seen.record(e)).expect("the stream flows again after the restart");
         }

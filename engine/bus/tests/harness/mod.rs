@@ -7,8 +7,6 @@
 //! nats-server redis-server`; an install that fails fails every test that needs it, with the
 //! installer's output. Nothing is skipped.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
