@@ -11,12 +11,14 @@
 //! - [`close`]: close codes and close payloads.
 //! - [`message`]: fragment assembly and message size limits.
 //! - [`connection`]: the per-connection state machine tying the above together.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation and the codec the connection uses.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod close;
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
