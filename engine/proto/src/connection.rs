@@ -152,7 +152,8 @@ impl Connection {
     /// fails the connection with 1002), and compressed messages are inflated with the window
     /// and context policy `params` give the peer; the inflated size counts against
     /// `max_message_size` (1009 past it, having inflated at most one byte more), corrupt data
-    /// fails with 1007. Zlib state exists only while a compressed message is read, unless the
+    /// fails with 1007. With zlib-rs the inflate window is 32 KiB whatever was agreed, so a peer
+    /// exceeding a smaller agreed window is not caught (see [`crate::deflate`]). Zlib state exists only while a compressed message is read, unless the
     /// peer keeps context between messages.
     ///
     /// `sends`: the compressor [`Connection::send_text`] and [`Connection::send_binary`] use
@@ -339,7 +340,7 @@ impl Connection {
                     if header.opcode.is_control() {
                         self.ctrl.extend_from_slice(chunk);
                     } else {
-                        self.data(chunk, remaining == 0)?;
+                        self.data(chunk)?;
                     }
                     if remaining > 0 {
                         let mask_offset = ((usize::from(mask_offset) + take) % 4) as u8;
@@ -388,11 +389,11 @@ impl Connection {
     }
 
     /// Payload bytes of a data frame, unmasked: stored, or inflated into the message buffer.
-    fn data(&mut self, chunk: &[u8], frame_end: bool) -> Result<(), Error> {
+    fn data(&mut self, chunk: &[u8]) -> Result<(), Error> {
         match self.deflate.as_mut() {
             Some(deflate) if self.inflating => {
                 let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
-                deflate.inflater.feed(chunk, frame_end, &mut self.assembly, limit)
+                deflate.inflater.feed(chunk, &mut self.assembly, limit)
             }
             _ => self.assembly.push(chunk),
         }
@@ -416,7 +417,7 @@ impl Connection {
                 let kind = if header.opcode == OpCode::Text { Kind::Text } else { Kind::Binary };
                 return Ok(Some(Ready::InPlace(kind, range)));
             }
-            self.data(&input[range], true)?;
+            self.data(&input[range])?;
         }
         if !header.fin {
             return Ok(None);

@@ -90,7 +90,8 @@ pub enum Error {
     /// A text message or a close reason that is not UTF-8. Close 1007.
     InvalidUtf8,
     /// A compressed message (permessage-deflate) that does not inflate: corrupt DEFLATE data,
-    /// data after a final block, or a back-reference further than the agreed window allows.
+    /// data after a final block, or a back-reference to data the receiver does not have (before
+    /// the start of the stream, or over 32 KiB back).
     /// Close 1007: the payload is inconsistent with the message (RFC 6455 section 7.4.1).
     BadCompressedData,
 

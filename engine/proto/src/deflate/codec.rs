@@ -1,12 +1,12 @@
 //! The permessage-deflate codec (RFC 7692 section 7.2): whole messages compressed into frame
 //! payloads, and compressed payloads inflated into a message buffer in bounded steps.
 //!
-//! Inflating is deterministic in how the stream is cut into reads: the inflater is fed in
-//! fixed blocks of [`INPUT_BLOCK`] compressed bytes (counted from the start of each frame) and
-//! writes into output regions that depend only on how much the message has produced. zlib
-//! decides whether a back-reference reaches too far back by what the window holds plus what
-//! the current call wrote, so fixing the calls fixes the outcome: the same bytes give the same
-//! events however they arrive.
+//! The inflate window: zlib-rs allocates a 32 KiB window whatever window size it is given, so
+//! a back-reference fails only if it reaches before the start of the stream (the message,
+//! without context takeover) or more than 32 KiB back. A client that compresses with a larger
+//! window than it agreed to is therefore not caught below 32 KiB, and a smaller agreed window
+//! saves the server no memory. The upside: whether a reference is valid depends only on the
+//! bytes, never on how reads cut them, so the events are the same at any read sizes.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -19,12 +19,12 @@ use crate::message::Assembly;
 /// sender removed it (section 7.2.1), and that the receiver puts back (section 7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Compressed bytes per inflate call: frames split across reads are staged up to this size.
-pub(crate) const INPUT_BLOCK: usize = 4096;
-
-/// The smallest output region an inflate call gets; regions double with the message, up to
-/// the window size, so small messages zero little memory and large ones take few calls.
+/// The smallest output region an inflate call gets; regions double with the message up to
+/// [`MAX_REGION`], so small messages zero little memory and large ones take few calls.
 const MIN_REGION: usize = 512;
+
+/// The largest output region one inflate call gets.
+const MAX_REGION: usize = 64 << 10;
 
 /// A permessage-deflate compressor for one direction: one whole message in, one frame payload
 /// out (without the `00 00 ff ff` tail).
@@ -161,8 +161,6 @@ pub(crate) struct Inflater {
     /// The DEFLATE stream ended (a block with BFINAL set): nothing more may follow in this
     /// message, and the next one starts a new stream.
     ended: bool,
-    /// The start of an input block of a frame split across reads.
-    staged: Vec<u8>,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -171,69 +169,41 @@ impl std::fmt::Debug for Inflater {
             .field("allocated", &self.state.is_some())
             .field("window_bits", &self.window_bits)
             .field("takeover", &self.takeover)
-            .field("staged", &self.staged.len())
             .finish()
     }
 }
 
 impl Inflater {
-    /// An inflater for a peer compressing within `window_bits` (8..=15; zlib inflates raw
-    /// streams with 9 at least, one bit more lenient), keeping context unless told otherwise.
+    /// An inflater for a peer compressing within `window_bits` (8..=15; see the module docs for
+    /// what zlib-rs makes of it), keeping context unless told otherwise.
     pub(crate) fn new(window_bits: u8, no_context_takeover: bool) -> Self {
         Inflater {
             state: None,
             window_bits: window_bits.clamp(9, 15),
             takeover: !no_context_takeover,
             ended: false,
-            staged: Vec::new(),
         }
     }
 
-    /// Inflates a piece of a compressed frame's payload (already unmasked) into `out`;
-    /// `frame_end`: the frame's payload ends with this piece.
+    /// Inflates a piece of a compressed message (already unmasked) into `out`, which may hold
+    /// no more than `limit` bytes.
     pub(crate) fn feed(
         &mut self,
-        mut chunk: &[u8],
-        frame_end: bool,
+        chunk: &[u8],
         out: &mut Assembly,
         limit: usize,
     ) -> Result<(), Error> {
-        loop {
-            if !self.staged.is_empty() || (chunk.len() < INPUT_BLOCK && !frame_end) {
-                let take = (INPUT_BLOCK - self.staged.len()).min(chunk.len());
-                self.staged.extend_from_slice(&chunk[..take]);
-                chunk = &chunk[take..];
-                if self.staged.len() < INPUT_BLOCK && !(frame_end && chunk.is_empty()) {
-                    return Ok(());
-                }
-                let staged = std::mem::take(&mut self.staged);
-                let result = self.inflate(&staged, out, limit);
-                self.staged = staged;
-                self.staged.clear();
-                result?;
-                if chunk.is_empty() {
-                    return Ok(());
-                }
-            } else if chunk.is_empty() {
-                return Ok(());
-            } else {
-                let n = INPUT_BLOCK.min(chunk.len());
-                self.inflate(&chunk[..n], out, limit)?;
-                chunk = &chunk[n..];
-            }
-        }
+        self.inflate(chunk, out, limit)
     }
 
     /// The message's last frame has been fed: puts the tail back, inflates it, and lets go of
     /// what the next message does not need.
     pub(crate) fn finish_message(&mut self, out: &mut Assembly, limit: usize) -> Result<(), Error> {
-        debug_assert!(self.staged.is_empty(), "the last frame flushed its staged block");
         let result = if self.ended { Ok(()) } else { self.inflate(&TAIL, out, limit) };
         if !self.takeover || self.ended {
             self.state = None;
             self.ended = false;
         }
-        self.staged = Vec::new();
         result
     }
 
@@ -241,7 +211,6 @@ impl Inflater {
     pub(crate) fn release(&mut self) {
         self.state = None;
         self.ended = false;
-        self.staged = Vec::new();
     }
 
     /// Whether zlib state is allocated (a message is being read, or the peer keeps context).
@@ -249,7 +218,7 @@ impl Inflater {
         self.state.is_some()
     }
 
-    /// Inflates one input block into output regions until the block is used up.
+    /// Inflates `input` into output regions until it is used up.
     fn inflate(&mut self, mut input: &[u8], out: &mut Assembly, limit: usize) -> Result<(), Error> {
         if self.ended {
             // Data after the final block of this message.
@@ -259,12 +228,10 @@ impl Inflater {
         let state = self
             .state
             .get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, bits)));
-        let window = 1usize << bits;
         loop {
             let len = out.len();
-            // Output regions end at multiples of the window size (and at the limit, plus one
-            // byte to tell "at the limit" from "over it"); they start small and double.
-            let region = (limit - len + 1).min(window - len % window).min(len.max(MIN_REGION));
+            // Regions stop at the limit plus one byte (to tell "at the limit" from "over it").
+            let region = (limit - len + 1).min(len.clamp(MIN_REGION, MAX_REGION));
             let before_in = state.total_in();
             let mut wrote = 0;
             // New bytes are checked (UTF-8) before a zlib error counts: they came first.
@@ -306,7 +273,7 @@ mod tests {
     ) -> Result<Vec<u8>, Error> {
         let mut asm = Assembly::default();
         asm.open(Kind::Binary);
-        inflater.feed(payload, true, &mut asm, limit)?;
+        inflater.feed(payload, &mut asm, limit)?;
         inflater.finish_message(&mut asm, limit)?;
         asm.finish()?;
         Ok(asm.message(Kind::Binary).as_bytes().to_vec())
@@ -385,7 +352,7 @@ mod tests {
         asm.open(Kind::Binary);
         let mut i = Inflater::new(15, true);
         let limit = 100_000;
-        assert_eq!(i.feed(&bomb, true, &mut asm, limit), Err(Error::MessageTooLarge));
+        assert_eq!(i.feed(&bomb, &mut asm, limit), Err(Error::MessageTooLarge));
         assert_eq!(asm.len(), limit + 1);
         // Exactly at the limit is fine.
         let mut at_limit = Vec::new();

@@ -13,6 +13,11 @@
 //! Nothing here touches a socket. Compression uses `flate2` on the pure-Rust `zlib-rs` backend
 //! (raw DEFLATE, RFC 1951).
 //!
+//! One limit of that backend: zlib-rs inflates with a 32 KiB window whatever window size it is
+//! given. An agreed `client_max_window_bits` below 15 therefore saves the server no memory, and
+//! a client that compresses with a larger window than agreed is caught only by references more
+//! than 32 KiB back or before the start of its stream (1007), not at the agreed size.
+//!
 //! [`Connection`]: crate::Connection
 //! [`Connection::enable_deflate`]: crate::Connection::enable_deflate
 

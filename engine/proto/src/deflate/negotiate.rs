@@ -43,7 +43,9 @@ pub struct DeflateConfig {
     /// only while a compressed message is being read.
     pub allow_client_context_takeover: bool,
     /// The window the server asks clients to compress with (9..=15, clamped), where the offer
-    /// lets it (`client_max_window_bits` offered); the inflate window, and memory, follow it.
+    /// lets it (`client_max_window_bits` offered). It saves the server no memory (zlib-rs
+    /// inflates with a 32 KiB window whatever was agreed) and is not enforced below 32 KiB;
+    /// leave it at 15 unless clients must be held to less.
     pub client_max_window_bits: u8,
     /// zlib's compression level for the server's sends, 0 (store) to 9 (best), clamped.
     pub level: u32,
@@ -203,9 +205,9 @@ fn window_bits(value: &str) -> Option<u8> {
     })
 }
 
-/// The client side: what to offer, and the check of the server's answer to it.
+/// The client side: what to offer, and the check of the server's answer to it. The four
+/// fields are the RFC's four parameters, so the struct is not expected to grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct DeflateOffer {
     /// Ask the server to compress every message with a fresh context.
     pub server_no_context_takeover: bool,
