@@ -170,7 +170,7 @@ fn json(len: usize, seed: u32) -> Vec<u8> {
 /// context each time (a shared compressor, `no_context_takeover`: zlib resets its state per
 /// message) and with context kept (dedicated), at zlib levels 1 and 6 and windows 15 and 9; 64
 /// distinct messages in turn, so context takeover sees realistic history, not one repeat. And a
-/// server connection reading one compressed 16 KiB message (unmask, inflate, UTF-8).
+/// server connection reading one compressed message (unmask, inflate, UTF-8).
 fn deflate(c: &mut Criterion) {
     let mut group = c.benchmark_group("deflate");
     for len in [150, 16 << 10] {
@@ -203,22 +203,32 @@ fn deflate(c: &mut Criterion) {
             });
         }
     }
-    let payload = json(16 << 10, 0);
-    let params = DeflateParams { client_no_context_takeover: true, ..DeflateParams::DEFAULT };
-    let mut wire = Vec::new();
-    Deflater::new(15, true, 6).write_frame(OpCode::Text, Some([1, 2, 3, 4]), &payload, &mut wire);
-    let mut conn = Connection::new(Role::Server, Config::default());
-    conn.enable_deflate(params, None);
-    let mut buf = wire.clone();
-    group.throughput(Throughput::Bytes(payload.len() as u64));
-    group.bench_function(BenchmarkId::new("read_inflate", payload.len()), |b| {
-        b.iter(|| {
-            buf.copy_from_slice(&wire);
-            let (n, ev) = conn.read(black_box(&mut buf)).unwrap();
-            black_box(ev);
-            n
-        })
-    });
+    // Reading: without client context takeover the inflate state is made and freed per
+    // message; with it, kept (fed the same message each time, so the history grows, as it
+    // would on a live connection).
+    for len in [150, 16 << 10] {
+        let payload = json(len, 0);
+        for (name, no_takeover) in [("read_inflate_fresh", true), ("read_inflate_takeover", false)]
+        {
+            let params =
+                DeflateParams { client_no_context_takeover: no_takeover, ..DeflateParams::DEFAULT };
+            let mut conn = Connection::new(Role::Server, Config::default());
+            conn.enable_deflate(params, None);
+            let mut client = Deflater::new(15, true, 6);
+            let mut wire = Vec::new();
+            client.write_frame(OpCode::Text, Some([1, 2, 3, 4]), &payload, &mut wire);
+            let mut buf = wire.clone();
+            group.throughput(Throughput::Bytes(len as u64));
+            group.bench_function(BenchmarkId::new(name, len), |b| {
+                b.iter(|| {
+                    buf.copy_from_slice(&wire);
+                    let (n, ev) = conn.read(black_box(&mut buf)).unwrap();
+                    black_box(ev);
+                    n
+                })
+            });
+        }
+    }
     group.finish();
 }
 
