@@ -185,21 +185,10 @@ impl Inflater {
         }
     }
 
-    /// Inflates a piece of a compressed message (already unmasked) into `out`, which may hold
-    /// no more than `limit` bytes.
-    pub(crate) fn feed(
-        &mut self,
-        chunk: &[u8],
-        out: &mut Assembly,
-        limit: usize,
-    ) -> Result<(), Error> {
-        self.inflate(chunk, out, limit)
-    }
-
     /// The message's last frame has been fed: puts the tail back, inflates it, and lets go of
     /// what the next message does not need.
     pub(crate) fn finish_message(&mut self, out: &mut Assembly, limit: usize) -> Result<(), Error> {
-        let result = if self.ended { Ok(()) } else { self.inflate(&TAIL, out, limit) };
+        let result = if self.ended { Ok(()) } else { self.feed(&TAIL, out, limit) };
         if !self.takeover || self.ended {
             self.state = None;
             self.ended = false;
@@ -218,8 +207,14 @@ impl Inflater {
         self.state.is_some()
     }
 
-    /// Inflates `input` into output regions until it is used up.
-    fn inflate(&mut self, mut input: &[u8], out: &mut Assembly, limit: usize) -> Result<(), Error> {
+    /// Inflates a piece of a compressed message (already unmasked) into `out`, which may hold
+    /// no more than `limit` bytes, in output regions until the piece is used up.
+    pub(crate) fn feed(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Assembly,
+        limit: usize,
+    ) -> Result<(), Error> {
         if self.ended {
             // Data after the final block of this message.
             return if input.is_empty() { Ok(()) } else { Err(Error::BadCompressedData) };
@@ -231,7 +226,7 @@ impl Inflater {
         loop {
             let len = out.len();
             // Regions stop at the limit plus one byte (to tell "at the limit" from "over it").
-            let region = (limit - len + 1).min(len.clamp(MIN_REGION, MAX_REGION));
+            let region = (limit - len).saturating_add(1).min(len.clamp(MIN_REGION, MAX_REGION));
             let before_in = state.total_in();
             let mut wrote = 0;
             // New bytes are checked (UTF-8) before a zlib error counts: they came first.
@@ -295,6 +290,8 @@ mod tests {
         // The RFC's own bytes inflate, with and without context.
         let rfc = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
         assert_eq!(inflate_all(&mut Inflater::new(15, true), &rfc, 100).unwrap(), b"Hello");
+        // No limit at all (a `max_message_size` of u64::MAX) must not overflow.
+        assert_eq!(inflate_all(&mut Inflater::new(15, true), &rfc, usize::MAX).unwrap(), b"Hello");
         let mut i = Inflater::new(15, false);
         assert_eq!(inflate_all(&mut i, &rfc, 100).unwrap(), b"Hello");
         assert_eq!(inflate_all(&mut i, &[0xf2, 0x00, 0x11, 0x00, 0x00], 100).unwrap(), b"Hello");
