@@ -7,6 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringside_bench::pseudo_random_bytes;
+use ringside_proto::deflate::{DeflateParams, Deflater};
 use ringside_proto::frame::{self, DecodeRules, OpCode};
 use ringside_proto::handshake::{self, HandshakeConfig};
 use ringside_proto::mask::{self, Path};
@@ -144,5 +145,92 @@ fn handshake(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, unmask, utf8, frames, handshake);
+/// A JSON text of about `len` bytes (market ticks, the fan-out case compression is for); `seed`
+/// varies the values so consecutive messages differ as real ones do.
+fn json(len: usize, seed: u32) -> Vec<u8> {
+    let mut s = String::new();
+    let mut i = seed.wrapping_mul(2_654_435_761) | 1;
+    while s.len() < len {
+        i = i.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        s.push_str(&format!(
+            "{{\"type\":\"tick\",\"sym\":\"AB{}\",\"bid\":{}.{:02},\"ask\":{}.{:02},\"size\":{}}}",
+            i % 40,
+            100 + i % 50,
+            i % 100,
+            101 + i % 50,
+            (i >> 8) % 100,
+            (i >> 16) % 1000
+        ));
+    }
+    s.truncate(len);
+    s.into_bytes()
+}
+
+/// permessage-deflate: compressing one message (150-byte tick, 16 KiB batch) with a fresh
+/// context each time (a shared compressor, `no_context_takeover`: zlib resets its state per
+/// message) and with context kept (dedicated), at zlib levels 1 and 6 and windows 15 and 9; 64
+/// distinct messages in turn, so context takeover sees realistic history, not one repeat. And a
+/// server connection reading one compressed message (unmask, inflate, UTF-8).
+fn deflate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deflate");
+    for len in [150, 16 << 10] {
+        let payloads: Vec<Vec<u8>> = (0..64).map(|seed| json(len, seed)).collect();
+        let mut out = Vec::with_capacity(len + 64);
+        group.throughput(Throughput::Bytes(len as u64));
+        for (name, bits, no_takeover, level) in [
+            ("fresh_l1", 15, true, 1),
+            ("fresh_l1_w9", 9, true, 1),
+            ("fresh_l6", 15, true, 6),
+            ("takeover_l1", 15, false, 1),
+            ("takeover_l6", 15, false, 6),
+        ] {
+            let mut d = Deflater::new(bits, no_takeover, level);
+            let mut total = 0;
+            for p in &payloads {
+                out.clear();
+                d.compress(p, &mut out);
+                total += out.len();
+            }
+            eprintln!("deflate/{name}/{len}: {len} -> {} bytes on average", total / payloads.len());
+            let mut next = 0;
+            group.bench_function(BenchmarkId::new(name, len), |b| {
+                b.iter(|| {
+                    next = (next + 1) % payloads.len();
+                    out.clear();
+                    d.compress(black_box(&payloads[next]), &mut out);
+                    out.len()
+                })
+            });
+        }
+    }
+    // Reading: without client context takeover the inflate state is made and freed per
+    // message; with it, kept (fed the same message each time, so the history grows, as it
+    // would on a live connection).
+    for len in [150, 16 << 10] {
+        let payload = json(len, 0);
+        for (name, no_takeover) in [("read_inflate_fresh", true), ("read_inflate_takeover", false)]
+        {
+            let params =
+                DeflateParams { client_no_context_takeover: no_takeover, ..DeflateParams::DEFAULT };
+            let mut conn = Connection::new(Role::Server, Config::default());
+            conn.enable_deflate(params, None);
+            let mut client = Deflater::new(15, true, 6);
+            let mut wire = Vec::new();
+            client.write_frame(OpCode::Text, Some([1, 2, 3, 4]), &payload, &mut wire);
+            let mut buf = wire.clone();
+            group.throughput(Throughput::Bytes(len as u64));
+            group.bench_function(BenchmarkId::new(name, len), |b| {
+                b.iter(|| {
+                    buf.copy_from_slice(&wire);
+                    let (n, ev) = conn.read(black_box(&mut buf)).unwrap();
+                    black_box(ev);
+                    n
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, unmask, utf8, frames, handshake, deflate);
 criterion_main!(benches);

@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use ringside_proto::deflate::DeflateConfig;
 use ringside_proto::handshake::{self, HandshakeConfig};
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         allowed_origins: Some(vec!["https://ok.example".into()]),
         require_origin: data.first().is_some_and(|b| b & 1 == 1),
         subprotocols: vec!["chat".into(), "superchat".into()],
+        deflate: data.first().is_some_and(|b| b & 2 == 2).then(DeflateConfig::shared),
     };
     let whole = handshake::parse_request(data, &cfg);
     match &whole {

@@ -10,8 +10,13 @@
 //! connection) are appended to the connection's output, which the caller sends in order after
 //! the event that caused them. The connection never touches a socket or a clock: close and idle
 //! timeouts belong to the caller.
+//!
+//! permessage-deflate is off until [`Connection::enable_deflate`]; then compressed messages
+//! (RSV1) are inflated into the connection's message buffer and handed out from there, the
+//! message size limit counting inflated bytes. Off, it costs one pointer.
 
 use crate::close::{self, CloseCode, CloseFrame};
+use crate::deflate::{DeflateParams, Deflater, Inflater};
 use crate::error::Error;
 use crate::frame::{self, DecodeRules, Header, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::mask;
@@ -108,6 +113,20 @@ pub struct Connection {
     /// The payload of a control frame that did not arrive in one read.
     ctrl: Vec<u8>,
     out: Vec<u8>,
+    /// The open message is compressed (its first frame had RSV1).
+    inflating: bool,
+    /// permessage-deflate, where negotiated.
+    deflate: Option<Box<Deflate>>,
+}
+
+/// A connection's permessage-deflate state.
+#[derive(Debug)]
+struct Deflate {
+    params: DeflateParams,
+    inflater: Inflater,
+    /// The connection's own compressor for [`Connection::send_text`] and
+    /// [`Connection::send_binary`]; `None`: those send uncompressed.
+    deflater: Option<Deflater>,
 }
 
 impl Connection {
@@ -121,7 +140,46 @@ impl Connection {
             assembly: Assembly::default(),
             ctrl: Vec::new(),
             out: Vec::new(),
+            inflating: false,
+            deflate: None,
         }
+    }
+
+    /// Turns on permessage-deflate as negotiated in the handshake: call it right after
+    /// [`Connection::new`], before the first read.
+    ///
+    /// From then on RSV1 marks a compressed message (on a control or continuation frame it
+    /// fails the connection with 1002), and compressed messages are inflated with the window
+    /// and context policy `params` give the peer; the inflated size counts against
+    /// `max_message_size` (1009 past it, having inflated at most one byte more), corrupt data
+    /// fails with 1007. With zlib-rs the inflate window is 32 KiB whatever was agreed, so a peer
+    /// exceeding a smaller agreed window is not caught (see [`crate::deflate`]). Zlib state exists only while a compressed message is read, unless the
+    /// peer keeps context between messages.
+    ///
+    /// `sends`: the compressor [`Connection::send_text`] and [`Connection::send_binary`] use
+    /// (usually `params.deflater(role, level)`); `None` leaves them uncompressed, which is
+    /// always allowed, for a caller that compresses itself (a shared compressor).
+    pub fn enable_deflate(&mut self, params: DeflateParams, sends: Option<Deflater>) {
+        let (bits, no_takeover) = params.receiving(self.role);
+        let inflater = Inflater::new(bits, no_takeover);
+        self.deflate = Some(Box::new(Deflate { params, inflater, deflater: sends }));
+    }
+
+    /// The permessage-deflate agreement, if enabled.
+    pub fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref().map(|d| &d.params)
+    }
+
+    /// The connection's own compressor, if it has one: for a caller that writes frames itself
+    /// ([`Deflater::compress`], then a header with [`crate::frame::EncodedHeader::with_rsv1`]).
+    pub fn deflater_mut(&mut self) -> Option<&mut Deflater> {
+        self.deflate.as_mut().and_then(|d| d.deflater.as_mut())
+    }
+
+    /// Whether inflate state is allocated now (a compressed message is being read, or the peer
+    /// keeps context): for memory accounting and tests.
+    pub fn is_inflating(&self) -> bool {
+        self.deflate.as_ref().is_some_and(|d| d.inflater.is_allocated())
     }
 
     /// This end's role.
@@ -208,6 +266,11 @@ impl Connection {
             expect_masked: self.role == Role::Server,
             max_frame_size: self.config.max_frame_size,
         };
+        let decode = if self.deflate.is_some() {
+            frame::decode_header_deflate
+        } else {
+            frame::decode_header
+        };
         let mut pos = 0;
         loop {
             match self.rx {
@@ -218,7 +281,7 @@ impl Connection {
                     }
                     let len = usize::from(len);
                     let header = if len == 0 {
-                        match frame::decode_header(avail, rules)? {
+                        match decode(avail, rules)? {
                             Some((header, n)) => {
                                 pos += n;
                                 header
@@ -233,7 +296,7 @@ impl Connection {
                     } else {
                         let take = (MAX_HEADER_LEN - len).min(avail.len());
                         bytes[len..len + take].copy_from_slice(&avail[..take]);
-                        match frame::decode_header(&bytes[..len + take], rules)? {
+                        match decode(&bytes[..len + take], rules)? {
                             // The stored part alone was incomplete, so n > len.
                             Some((header, n)) => {
                                 pos += n - len;
@@ -273,12 +336,12 @@ impl Connection {
                     if let Some(key) = header.mask {
                         mask::apply(chunk, key, usize::from(mask_offset));
                     }
+                    let remaining = remaining - take as u64;
                     if header.opcode.is_control() {
                         self.ctrl.extend_from_slice(chunk);
                     } else {
-                        self.assembly.push(chunk)?;
+                        self.data(chunk)?;
                     }
-                    let remaining = remaining - take as u64;
                     if remaining > 0 {
                         let mask_offset = ((usize::from(mask_offset) + take) % 4) as u8;
                         self.rx = Rx::Payload { header, remaining, mask_offset };
@@ -302,6 +365,10 @@ impl Connection {
                 if !self.assembly.is_open() {
                     return Err(Error::UnexpectedContinuation);
                 }
+                if self.inflating {
+                    // Compressed bytes are not kept: the limit applies as they inflate.
+                    return Ok(());
+                }
                 return self.assembly.check_size(header.len, self.config.max_message_size);
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {
@@ -313,7 +380,23 @@ impl Connection {
             return Err(Error::ExpectedContinuation);
         }
         self.assembly.open(kind);
+        // Only `decode_header_deflate` sets it, so only with permessage-deflate enabled.
+        self.inflating = header.rsv1;
+        if self.inflating {
+            return Ok(());
+        }
         self.assembly.check_size(header.len, self.config.max_message_size)
+    }
+
+    /// Payload bytes of a data frame, unmasked: stored, or inflated into the message buffer.
+    fn data(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        match self.deflate.as_mut() {
+            Some(deflate) if self.inflating => {
+                let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+                deflate.inflater.feed(chunk, &mut self.assembly, limit)
+            }
+            _ => self.assembly.push(chunk),
+        }
     }
 
     /// A frame's payload is complete: say what, if anything, the caller must see.
@@ -328,16 +411,23 @@ impl Connection {
             return Ok(Some(Ready::Control(header.opcode, loc)));
         }
         if let Loc::Input(range) = loc {
-            if header.fin && header.opcode != OpCode::Continuation {
+            if header.fin && header.opcode != OpCode::Continuation && !self.inflating {
                 // The whole message is this one frame, in the caller's buffer.
                 self.assembly.close_in_place();
                 let kind = if header.opcode == OpCode::Text { Kind::Text } else { Kind::Binary };
                 return Ok(Some(Ready::InPlace(kind, range)));
             }
-            self.assembly.push(&input[range])?;
+            self.data(&input[range])?;
         }
         if !header.fin {
             return Ok(None);
+        }
+        if self.inflating {
+            self.inflating = false;
+            if let Some(deflate) = self.deflate.as_mut() {
+                let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+                deflate.inflater.finish_message(&mut self.assembly, limit)?;
+            }
         }
         Ok(Some(Ready::Assembled(self.assembly.finish()?)))
     }
@@ -380,6 +470,10 @@ impl Connection {
         }
         self.state = State::Closed;
         self.rx = RX_IDLE;
+        self.inflating = false;
+        if let Some(deflate) = self.deflate.as_mut() {
+            deflate.inflater.release();
+        }
         self.release_buffers();
     }
 
@@ -398,12 +492,13 @@ impl Connection {
         frame::write_frame(&mut self.out, true, OpCode::Close, out_mask(self.role), &payload);
     }
 
-    /// Queues a text message.
+    /// Queues a text message (compressed if the connection has its own compressor, see
+    /// [`Connection::enable_deflate`]).
     pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
         self.send(OpCode::Text, text.as_bytes())
     }
 
-    /// Queues a binary message.
+    /// Queues a binary message (compressed like [`Connection::send_text`]).
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
         self.send(OpCode::Binary, data)
     }
@@ -416,8 +511,8 @@ impl Connection {
         self.send(OpCode::Ping, payload)
     }
 
-    /// Queues a single frame. For tests and clients that fragment on purpose; most callers
-    /// want [`Connection::send_text`] or [`Connection::send_binary`].
+    /// Queues a single frame, never compressed. For tests and clients that fragment on purpose;
+    /// most callers want [`Connection::send_text`] or [`Connection::send_binary`].
     pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Result<(), Error> {
         if self.state != State::Open {
             return Err(Error::Closed);
@@ -427,6 +522,15 @@ impl Connection {
     }
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), Error> {
+        let deflater = self.deflate.as_mut().and_then(|d| d.deflater.as_mut());
+        // Only data messages are compressed (RFC 7692 section 6.1).
+        if let Some(deflater) = deflater.filter(|_| !opcode.is_control()) {
+            if self.state != State::Open {
+                return Err(Error::Closed);
+            }
+            deflater.write_frame(opcode, out_mask(self.role), payload, &mut self.out);
+            return Ok(());
+        }
         self.send_frame(true, opcode, payload)
     }
 
@@ -572,6 +676,82 @@ mod tests {
         let mut more = client_frame(true, OpCode::Text, b"x");
         let len = more.len();
         assert_eq!(c.read(&mut more).unwrap(), (len, None));
+    }
+
+    fn compressed(payload: &[u8], first: OpCode) -> Vec<u8> {
+        let mut d = Deflater::new(15, true, 6);
+        let mut out = Vec::new();
+        d.write_frame(first, Some([0x37, 0xfa, 0x21, 0x3d]), payload, &mut out);
+        out
+    }
+
+    fn deflate_server(params: DeflateParams) -> Connection {
+        let mut c = Connection::new(Role::Server, Config::default());
+        c.enable_deflate(params, Some(params.deflater(Role::Server, 1)));
+        c
+    }
+
+    #[test]
+    fn rsv1_needs_negotiation() {
+        let mut plain = Connection::new(Role::Server, Config::default());
+        let mut input = compressed(b"Hello", OpCode::Text);
+        assert_eq!(plain.read(&mut input), Err(Error::ReservedBits));
+        assert_eq!(&plain.output()[2..4], &1002u16.to_be_bytes());
+        assert_eq!(plain.deflate_params(), None);
+        assert!(plain.deflater_mut().is_none());
+    }
+
+    #[test]
+    fn compressed_messages_inflate_and_sends_compress() {
+        let mut c = deflate_server(DeflateParams {
+            client_no_context_takeover: true,
+            ..DeflateParams::DEFAULT
+        });
+        let mut input = compressed("héllo wörld".as_bytes(), OpCode::Text);
+        input.extend(client_frame(true, OpCode::Text, b"plain"));
+        let (n, ev) = c.read(&mut input).unwrap();
+        assert_eq!(ev, Some(Event::Message(Message::Text("héllo wörld"))));
+        let (_, ev) = c.read(&mut input[n..]).unwrap();
+        assert_eq!(ev, Some(Event::Message(Message::Text("plain"))));
+        assert!(!c.is_inflating(), "no inflate state kept when the client keeps no context");
+        c.send_binary(&[9; 1000]).unwrap();
+        let out = c.take_output();
+        assert_eq!(out[0], 0xc2, "FIN, RSV1, binary");
+        assert!(out.len() < 100);
+        c.ping(b"p").unwrap();
+        assert_eq!(c.take_output(), [0x89, 1, b'p'], "control frames are never compressed");
+    }
+
+    #[test]
+    fn deflate_failures_have_their_codes() {
+        let params = DeflateParams::DEFAULT;
+        // RSV1 on a continuation: 1002.
+        let mut c = deflate_server(params);
+        let mut input = client_frame(false, OpCode::Text, b"a");
+        let mut cont = client_frame(true, OpCode::Continuation, b"b");
+        cont[0] |= 0x40;
+        input.extend(cont);
+        assert_eq!(c.read(&mut input), Err(Error::BadRsv1));
+        assert_eq!(&c.output()[2..4], &1002u16.to_be_bytes());
+        // Corrupt DEFLATE: 1007.
+        let mut c = deflate_server(params);
+        let mut input = client_frame(true, OpCode::Binary, &[0x07, 0x00]);
+        input[0] |= 0x40;
+        assert_eq!(c.read(&mut input), Err(Error::BadCompressedData));
+        assert_eq!(&c.output()[2..4], &1007u16.to_be_bytes());
+        assert!(!c.is_inflating(), "state released on failure");
+        // Inflated text that is not UTF-8: 1007.
+        let mut c = deflate_server(params);
+        let mut input = compressed(b"ok \xff", OpCode::Text);
+        assert_eq!(c.read(&mut input), Err(Error::InvalidUtf8));
+        // Over the message limit once inflated: 1009.
+        let mut c =
+            Connection::new(Role::Server, Config { max_message_size: 1000, ..Config::default() });
+        c.enable_deflate(params, None);
+        let mut input = compressed(&[b'x'; 1001], OpCode::Binary);
+        assert!(input.len() < 100);
+        assert_eq!(c.read(&mut input), Err(Error::MessageTooLarge));
+        assert_eq!(&c.output()[2..4], &1009u16.to_be_bytes());
     }
 
     #[test]

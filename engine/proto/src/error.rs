@@ -68,6 +68,9 @@ pub enum Error {
     // ---- framing (RFC 6455 section 5) ----------------------------------------------------------
     /// RSV1-3 set without an extension that defines them. Close 1002.
     ReservedBits,
+    /// With permessage-deflate negotiated: RSV1 (the compressed-message bit) on a control frame
+    /// or a continuation frame, where RFC 7692 section 6.1 forbids it. Close 1002.
+    BadRsv1,
     /// Opcode 3-7 or 0xB-0xF. Close 1002.
     ReservedOpcode,
     /// A control frame with FIN clear. Close 1002.
@@ -93,6 +96,11 @@ pub enum Error {
     MessageTooLarge,
     /// A text message or a close reason that is not UTF-8. Close 1007.
     InvalidUtf8,
+    /// A compressed message (permessage-deflate) that does not inflate: corrupt DEFLATE data,
+    /// data after a final block, or a back-reference to data the receiver does not have (before
+    /// the start of the stream, or over 32 KiB back).
+    /// Close 1007: the payload is inconsistent with the message (RFC 6455 section 7.4.1).
+    BadCompressedData,
 
     // ---- local misuse -------------------------------------------------------------------------
     /// Nothing more may be sent: this side has sent its close frame, or the connection failed.
@@ -128,6 +136,7 @@ impl Error {
     pub fn close_code(&self) -> Option<CloseCode> {
         Some(match self {
             Error::ReservedBits
+            | Error::BadRsv1
             | Error::ReservedOpcode
             | Error::FragmentedControl
             | Error::ControlTooLong
@@ -137,7 +146,7 @@ impl Error {
             | Error::ExpectedContinuation
             | Error::BadClosePayload => CloseCode::PROTOCOL_ERROR,
             Error::FrameTooLarge | Error::MessageTooLarge => CloseCode::MESSAGE_TOO_BIG,
-            Error::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Error::InvalidUtf8 | Error::BadCompressedData => CloseCode::INVALID_PAYLOAD,
             _ => return None,
         })
     }
@@ -220,6 +229,7 @@ impl fmt::Display for Error {
             Error::Refused(status) => write!(f, "upgrade refused by the application ({status})"),
             Error::BadResponse(what) => write!(f, "bad handshake response: {what}"),
             Error::ReservedBits => f.write_str("reserved bits set without a negotiated extension"),
+            Error::BadRsv1 => f.write_str("RSV1 (compressed) on a control or continuation frame"),
             Error::ReservedOpcode => f.write_str("reserved opcode"),
             Error::FragmentedControl => f.write_str("fragmented control frame"),
             Error::ControlTooLong => f.write_str("control frame payload over 125 bytes"),
@@ -233,6 +243,7 @@ impl fmt::Display for Error {
             Error::FrameTooLarge => f.write_str("frame over the size limit"),
             Error::MessageTooLarge => f.write_str("message over the size limit"),
             Error::InvalidUtf8 => f.write_str("text is not valid UTF-8"),
+            Error::BadCompressedData => f.write_str("compressed message does not inflate"),
             Error::Closed => {
                 f.write_str("the connection is closing or closed: nothing more may be sent")
             }
@@ -265,6 +276,7 @@ mod tests {
             Error::OriginRefused,
             Error::Refused(401),
             Error::ReservedBits,
+            Error::BadRsv1,
             Error::ReservedOpcode,
             Error::FragmentedControl,
             Error::ControlTooLong,
@@ -276,6 +288,7 @@ mod tests {
             Error::FrameTooLarge,
             Error::MessageTooLarge,
             Error::InvalidUtf8,
+            Error::BadCompressedData,
         ];
         for e in all {
             assert!(

@@ -2,7 +2,9 @@
 //! encoding for server frames (unmasked) and client frames (masked).
 //!
 //! This module looks at one header at a time; it does not know which message is open or whether
-//! the connection is closing (that is [`crate::connection`]).
+//! the connection is closing (that is [`crate::connection`]). The one extension bit it knows is
+//! RSV1, which permessage-deflate (RFC 7692) uses to mark a compressed message: only
+//! [`decode_header_deflate`] accepts it, and only where that extension allows it.
 
 use crate::error::Error;
 use crate::mask;
@@ -66,6 +68,9 @@ impl OpCode {
 pub struct Header {
     /// The FIN bit: this frame ends its message.
     pub fin: bool,
+    /// The RSV1 bit: with permessage-deflate, the first frame of a compressed message. Always
+    /// `false` from [`decode_header`], which refuses it.
+    pub rsv1: bool,
     /// The opcode.
     pub opcode: OpCode,
     /// The masking key, present on every client frame and on no server frame.
@@ -89,14 +94,33 @@ pub struct DecodeRules {
 /// present have been, so a peer sending a reserved opcode fails on its first byte. On success,
 /// returns the header and its length in bytes.
 pub fn decode_header(buf: &[u8], rules: DecodeRules) -> Result<Option<(Header, usize)>, Error> {
+    decode(buf, rules, false)
+}
+
+/// [`decode_header`] for a connection that negotiated permessage-deflate: RSV1 is allowed on
+/// the first frame of a data message (text or binary), and is [`Error::BadRsv1`] (1002) on a
+/// control frame or a continuation frame (RFC 7692 section 6.1). RSV2 and RSV3 still fail.
+pub fn decode_header_deflate(
+    buf: &[u8],
+    rules: DecodeRules,
+) -> Result<Option<(Header, usize)>, Error> {
+    decode(buf, rules, true)
+}
+
+fn decode(buf: &[u8], rules: DecodeRules, deflate: bool) -> Result<Option<(Header, usize)>, Error> {
     let Some(&b0) = buf.first() else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let reserved = if deflate { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(Error::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
+    let rsv1 = b0 & 0x40 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0f)?;
+    if rsv1 && (opcode.is_control() || opcode == OpCode::Continuation) {
+        return Err(Error::BadRsv1);
+    }
     if opcode.is_control() && !fin {
         return Err(Error::FragmentedControl);
     }
@@ -148,7 +172,7 @@ pub fn decode_header(buf: &[u8], rules: DecodeRules) -> Result<Option<(Header, u
     } else {
         None
     };
-    Ok(Some((Header { fin, opcode, mask, len }, at)))
+    Ok(Some((Header { fin, rsv1, opcode, mask, len }, at)))
 }
 
 /// An encoded frame header: up to [`MAX_HEADER_LEN`] bytes.
@@ -162,6 +186,13 @@ impl EncodedHeader {
     /// The header bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The same header with RSV1 set: the first frame of a message compressed with
+    /// permessage-deflate (never a control frame or a continuation, RFC 7692 section 6.1).
+    pub fn with_rsv1(mut self) -> Self {
+        self.bytes[0] |= 0x40;
+        self
     }
 }
 
@@ -236,7 +267,7 @@ mod tests {
                 let rules = if mask.is_some() { SERVER } else { CLIENT };
                 let (d, n) = decode_header(h.as_bytes(), rules).unwrap().unwrap();
                 assert_eq!(n, expected);
-                assert_eq!(d, Header { fin: true, opcode: OpCode::Binary, mask, len });
+                assert_eq!(d, Header { fin: true, rsv1: false, opcode: OpCode::Binary, mask, len });
                 // Every strict prefix is incomplete, never an error.
                 for cut in 0..n {
                     assert_eq!(decode_header(&h.as_bytes()[..cut], rules), Ok(None));
@@ -265,6 +296,27 @@ mod tests {
         // Over the frame limit: 1009, decided from the header alone.
         assert_eq!(d(&[0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0x20, 0, 0]), Err(Error::FrameTooLarge));
         assert_eq!(Error::FrameTooLarge.close_code().unwrap().0, 1009);
+    }
+
+    #[test]
+    fn rsv1_only_where_deflate_allows_it() {
+        let d = |bytes: &[u8]| decode_header_deflate(bytes, SERVER);
+        let h = encode_header(false, OpCode::Text, Some([1, 2, 3, 4]), 3).with_rsv1();
+        assert_eq!(h.as_bytes()[0], 0x41);
+        let (header, _) = d(h.as_bytes()).unwrap().unwrap();
+        assert!(header.rsv1 && !header.fin && header.opcode == OpCode::Text);
+        assert_eq!(decode_header(h.as_bytes(), SERVER), Err(Error::ReservedBits));
+        let (binary, n) = d(&[0xc2, 0x80, 1, 2, 3, 4]).unwrap().unwrap();
+        assert!(binary.rsv1 && binary.fin && binary.opcode == OpCode::Binary && n == 6);
+        // Not on a continuation or a control frame, decided on the first byte.
+        for b0 in [0x40, 0xc0, 0xc8, 0xc9, 0xca] {
+            assert_eq!(d(&[b0]), Err(Error::BadRsv1), "{b0:#x}");
+        }
+        assert_eq!(Error::BadRsv1.close_code().unwrap().0, 1002);
+        // RSV2 and RSV3 are still nobody's.
+        assert_eq!(d(&[0xa1]), Err(Error::ReservedBits));
+        assert_eq!(d(&[0x91]), Err(Error::ReservedBits));
+        assert_eq!(d(&[0x81, 0x80]), Ok(None));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`connection`]: the per-connection state machine tying the above together.
 //! - [`edge`]: the client's real address behind proxies: trusted-proxy ranges, the PROXY
 //!   protocol (v1 and v2), and the `X-Forwarded-For`, `Forwarded` and `X-Real-IP` headers.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation and the codec the connection uses.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@
 pub mod close;
 pub mod connection;
 pub mod edge;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -101,6 +101,32 @@ impl Assembly {
         Ok(())
     }
 
+    /// Appends bytes written in place (inflated): `write` gets `region` zeroed bytes at the end
+    /// of the message and returns how many it filled, and a value passed back. The filled bytes
+    /// are checked for UTF-8 like [`Assembly::push`]'s. The buffer grows by doubling but never
+    /// past `max_capacity` (unless one region needs more), so a message cut off at a limit
+    /// holds no more than the limit.
+    pub fn extend_with<T>(
+        &mut self,
+        region: usize,
+        max_capacity: usize,
+        write: impl FnOnce(&mut [u8]) -> (usize, T),
+    ) -> Result<T, Error> {
+        let start = self.buf.len();
+        let needed = start + region;
+        if needed > self.buf.capacity() {
+            let target = (self.buf.capacity() * 2).min(max_capacity).max(needed);
+            self.buf.reserve_exact(target - start);
+        }
+        self.buf.resize(needed, 0);
+        let (filled, value) = write(&mut self.buf[start..]);
+        self.buf.truncate(start + filled.min(region));
+        if self.open == Some(Kind::Text) {
+            self.utf8.feed(&self.buf[start..])?;
+        }
+        Ok(value)
+    }
+
     /// Ends the message after its final fragment: the text must not stop inside a code point.
     /// The bytes stay readable through [`Assembly::message`] until the next message opens.
     pub fn finish(&mut self) -> Result<Kind, Error> {

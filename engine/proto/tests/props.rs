@@ -121,7 +121,7 @@ proptest! {
         let bytes = frame::encode_header(fin, op, mask, len);
         let rules = DecodeRules { expect_masked: mask.is_some(), max_frame_size: u64::MAX };
         let decoded = frame::decode_header(bytes.as_bytes(), rules).unwrap();
-        prop_assert_eq!(decoded, Some((Header { fin, opcode: op, mask, len }, bytes.as_bytes().len())));
+        prop_assert_eq!(decoded, Some((Header { fin, rsv1: false, opcode: op, mask, len }, bytes.as_bytes().len())));
     }
 
     #[test]

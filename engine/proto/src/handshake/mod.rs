@@ -10,9 +10,11 @@
 //! [`parse_response`] with the checks of section 4.1.
 //!
 //! This module does no I/O and keeps no state between calls: the caller buffers bytes and calls
-//! again. It parses extension offers ([`parse_extensions`]) but does not negotiate any extension;
-//! the caller decides what goes into the `Sec-WebSocket-Extensions` answer.
+//! again. It parses extension offers ([`parse_extensions`]); the one extension it negotiates is
+//! permessage-deflate, and only when [`HandshakeConfig::deflate`] is set (by default every
+//! offer is declined, which RFC 6455 section 9.1 allows).
 
+use crate::deflate::DeflateConfig;
 // Named only by doc links; `cfg(doc)` keeps it from being an unused import elsewhere.
 #[cfg(doc)]
 use crate::error::Error;
@@ -55,6 +57,10 @@ pub struct HandshakeConfig {
     pub require_origin: bool,
     /// Subprotocols the server speaks, in its order of preference.
     pub subprotocols: Vec<String>,
+    /// permessage-deflate (RFC 7692): `None` (the default) declines every offer; `Some`
+    /// accepts the first valid offer as the config says ([`crate::deflate::negotiate`]), and
+    /// [`Accept::deflate`] holds the agreement for the connection.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for HandshakeConfig {
@@ -64,6 +70,7 @@ impl Default for HandshakeConfig {
             allowed_origins: None,
             require_origin: false,
             subprotocols: Vec::new(),
+            deflate: None,
         }
     }
 }
@@ -146,6 +153,7 @@ mod tests {
                 allowed_origins: Some(vec!["https://a.example".into()]),
                 require_origin: true,
                 subprotocols: vec!["chat".into(), "superchat".into()],
+                deflate: Some(DeflateConfig::dedicated(10)),
             },
         ];
         let valid = get(

@@ -1,12 +1,14 @@
 //! Server side, second step: the checks of RFC 6455 section 4.2.1 on a parsed request, the
 //! choice of subprotocol, and the `101 Switching Protocols` answer.
 //!
-//! Extension offers are parsed and handed to the caller, not negotiated here.
+//! Extension offers are parsed and handed to the caller; permessage-deflate is negotiated here
+//! when the config enables it.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use crate::deflate::{self, Negotiated};
 use crate::error::Error;
 
 use super::headers::{has_token, is_token, single, trim_ows};
@@ -23,12 +25,18 @@ pub struct Accept<'b> {
     pub protocol: Option<&'b str>,
     /// The client's extension offers, in order; empty (and not allocated) without the header.
     pub extensions: Vec<ExtensionOffer<'b>>,
+    /// permessage-deflate, if the config enables it and an offer was acceptable: the agreement
+    /// for [`crate::Connection::enable_deflate`] and the response value, which
+    /// [`Accept::write_response`] writes.
+    pub deflate: Option<Negotiated>,
 }
 
 impl Accept<'_> {
     /// Appends the `101 Switching Protocols` response to `out`, with
-    /// `Sec-WebSocket-Protocol` if a subprotocol was chosen and `Sec-WebSocket-Extensions:
-    /// {extensions_header}` if that is `Some` (the caller negotiates extensions).
+    /// `Sec-WebSocket-Protocol` if a subprotocol was chosen, `Sec-WebSocket-Extensions` with
+    /// the permessage-deflate answer if [`Accept::deflate`] is set, and
+    /// `Sec-WebSocket-Extensions: {extensions_header}` if that is `Some` (other extensions the
+    /// caller negotiated itself; it must not name permessage-deflate again).
     pub fn write_response(&self, extensions_header: Option<&str>, out: &mut Vec<u8>) {
         out.extend_from_slice(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -39,6 +47,11 @@ impl Accept<'_> {
         if let Some(protocol) = self.protocol {
             out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
             out.extend_from_slice(protocol.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(deflate) = &self.deflate {
+            out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+            out.extend_from_slice(deflate.response.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if let Some(extensions) = extensions_header {
@@ -62,7 +75,8 @@ impl Accept<'_> {
 /// `Sec-WebSocket-Version` present ([`Error::MissingVersion`]) and 13
 /// ([`Error::UnsupportedVersion`]); one `Sec-WebSocket-Key` of 16 base64 bytes
 /// ([`Error::BadKey`]); the origin policy ([`Error::OriginRefused`]); the extension offers
-/// ([`Error::BadExtensions`]); the subprotocol tokens ([`Error::MalformedRequest`]).
+/// ([`Error::BadExtensions`]); the subprotocol tokens ([`Error::MalformedRequest`]). An
+/// unacceptable permessage-deflate offer is declined, never an error.
 pub fn validate<'b>(req: &Request<'b>, cfg: &HandshakeConfig) -> Result<Accept<'b>, Error> {
     if req.method() != "GET" {
         return Err(Error::MethodNotAllowed);
@@ -102,7 +116,8 @@ pub fn validate<'b>(req: &Request<'b>, cfg: &HandshakeConfig) -> Result<Accept<'
     check_origin(req, cfg)?;
     let extensions = parse_extensions(req.header_values("sec-websocket-extensions"))?;
     let protocol = choose_protocol(req, &cfg.subprotocols)?;
-    Ok(Accept { accept_key: accept_key(key), protocol, extensions })
+    let deflate = cfg.deflate.as_ref().and_then(|d| deflate::negotiate(&extensions, d));
+    Ok(Accept { accept_key: accept_key(key), protocol, extensions, deflate })
 }
 
 /// The `Sec-WebSocket-Accept` value for a key: `base64(SHA-1(key ++ GUID))`. For the key
@@ -233,6 +248,41 @@ mod tests {
               Sec-WebSocket-Protocol: chat\r\n\r\n"
         );
         assert_eq!(&accept_key(SAMPLE_KEY.as_bytes()), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn deflate_is_declined_by_default_and_negotiated_when_enabled() {
+        let offer = "Sec-WebSocket-Extensions: x-foo, permessage-deflate; client_max_window_bits";
+        let buf = get(&[], &[offer]);
+        let req = parse_request(&buf, &HandshakeConfig::default()).unwrap().unwrap();
+        let accept = validate(&req, &HandshakeConfig::default()).unwrap();
+        assert_eq!(accept.deflate, None);
+        let mut out = Vec::new();
+        accept.write_response(None, &mut out);
+        assert!(!String::from_utf8(out).unwrap().contains("Extensions"));
+
+        let cfg = HandshakeConfig {
+            deflate: Some(crate::deflate::DeflateConfig::shared()),
+            ..HandshakeConfig::default()
+        };
+        let accept = validate(&req, &cfg).unwrap();
+        let negotiated = accept.deflate.as_ref().unwrap();
+        assert!(negotiated.params.server_no_context_takeover);
+        assert_eq!(accept.extensions.len(), 2, "all offers stay visible to the caller");
+        let mut out = Vec::new();
+        accept.write_response(None, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover\r\n\r\n"
+            ),
+            "{text}"
+        );
+        // No acceptable offer: no header.
+        let buf = get(&[], &["Sec-WebSocket-Extensions: permessage-deflate; x=1"]);
+        let req = parse_request(&buf, &cfg).unwrap().unwrap();
+        assert_eq!(validate(&req, &cfg).unwrap().deflate, None);
     }
 
     #[test]

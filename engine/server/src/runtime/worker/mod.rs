@@ -85,6 +85,7 @@ impl<H: Handler> Core<H> {
                 .then(|| settings.allowed_origins.clone()),
             require_origin: false,
             subprotocols: settings.subprotocols.clone(),
+            ..HandshakeConfig::default()
         };
         let proto = Config {
             max_frame_size: settings.max_frame_size,
