@@ -582,6 +582,8 @@ each_backend! {
 // ---- out of descriptors --------------------------------------------------------------------
 
 /// Set in the child process that serves for `accept_resumes_after_fd_exhaustion`.
+/// What the child says once accepting has failed for lack of descriptors.
+const ACCEPT_FAILED: &str = "accept failed: too many open files";
 const FD_CHILD: &str = "RINGSIDE_TESTS_FD_CHILD";
 /// The child's open-file limit, soft and hard. io_uring sizes its direct-descriptor table by it,
 /// so both backends run out after a few dozen connections.
@@ -616,7 +618,7 @@ each_backend! {
             s.set_nonblocking(true).unwrap();
             waiting.push((s, Vec::new()));
         }
-        child.wait_for_stderr("Too many open files", WAIT);
+        child.wait_for_stderr(ACCEPT_FAILED, WAIT);
         // Out of descriptors with clients waiting, the server retries now and then: it does
         // not spin.
         let (cpu_before, held) = (child.cpu_time(), Instant::now());
@@ -709,7 +711,20 @@ fn serve_with_few_descriptors(backend: Backend) {
     println!("{LISTENING}{}", server.addr);
     io::stdout().flush().unwrap();
     // Bounded by the parent, which closes stdin when done and kills us if it fails.
-    let _ = io::copy(&mut io::stdin(), &mut io::sink());
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+        let _ = done_tx.send(());
+    });
+    // The library logs through `tracing` (no subscriber here): report the counter the parent
+    // waits for, once it moves.
+    let mut said = false;
+    while done.recv_timeout(Duration::from_millis(10)).is_err() {
+        if !said && server.handle().stats().accept_errors > 0 {
+            said = true;
+            eprintln!("{ACCEPT_FAILED}");
+        }
+    }
     server.shutdown().unwrap();
 }
 

@@ -20,8 +20,8 @@
 
 pub mod close;
 pub mod connection;
-pub mod edge;
 pub mod deflate;
+pub mod edge;
 pub mod error;
 pub mod frame;
 pub mod handshake;

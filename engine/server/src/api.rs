@@ -247,4 +247,7 @@ pub struct Stats {
     pub slow_closed: u64,
     /// Sends, closes and lookups for a connection that was gone (a stale [`ConnId`]).
     pub stale: u64,
+    /// Accepts that failed for lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS);
+    /// accepting resumes by itself once descriptors are free.
+    pub accept_errors: u64,
 }

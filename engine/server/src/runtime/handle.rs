@@ -57,6 +57,7 @@ pub(crate) struct Counts {
     pub conflated: u64,
     pub slow_closed: u64,
     pub stale: u64,
+    pub accept_errors: u64,
 }
 
 /// What the slow-consumer policy says about `len` more bytes on a queue holding `queued`.

@@ -68,6 +68,7 @@ pub(crate) struct WorkerStats {
     pub conflated: AtomicU64,
     pub slow_closed: AtomicU64,
     pub stale: AtomicU64,
+    pub accept_errors: AtomicU64,
 }
 
 /// What all workers and handles share.
@@ -126,6 +127,7 @@ impl Shared {
             total.conflated += w.conflated.load(Ordering::Relaxed);
             total.slow_closed += w.slow_closed.load(Ordering::Relaxed);
             total.stale += w.stale.load(Ordering::Relaxed);
+            total.accept_errors += w.accept_errors.load(Ordering::Relaxed);
         }
         total
     }

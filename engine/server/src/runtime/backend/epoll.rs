@@ -104,7 +104,6 @@ impl Epoll {
     /// accept(2) calls that failed for lack of a descriptor (EMFILE, ENFILE) or of memory
     /// (ENOBUFS, ENOMEM) since the backend started. While the shortage lasts, each retry that
     /// fails counts too: about 50 a second.
-    #[expect(dead_code, reason = "for the worker's stats, which do not show it yet")]
     pub fn accept_errors(&self) -> u64 {
         self.accept_errors
     }
@@ -382,6 +381,10 @@ impl Backend for Epoll {
 
     fn name(&self) -> &'static str {
         "epoll"
+    }
+
+    fn accept_errors(&self) -> u64 {
+        Epoll::accept_errors(self)
     }
 }
 

@@ -67,6 +67,10 @@ pub trait Backend {
     fn stop_accepting(&mut self);
     /// The backend's name for logs: "io_uring" or "epoll".
     fn name(&self) -> &'static str;
+    /// Accepts that failed for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS), so far.
+    fn accept_errors(&self) -> u64 {
+        0
+    }
 }
 
 /// Wakes a worker from another thread: an eventfd the worker's poll watches.

@@ -157,6 +157,7 @@ impl<H: Handler> Core<H> {
         stats.conflated.store(c.conflated, Ordering::Relaxed);
         stats.slow_closed.store(c.slow_closed, Ordering::Relaxed);
         stats.stale.store(c.stale, Ordering::Relaxed);
+        stats.accept_errors.store(c.accept_errors, Ordering::Relaxed);
     }
 
     /// How long the next poll may wait: until the next sweep, timer or tick, or not at all
@@ -261,6 +262,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     backend
         .poll(core, timeout)
         .map_err(|e| io::Error::new(e.kind(), format!("{} poll: {e}", backend.name())))?;
+    core.local.counts.accept_errors = backend.accept_errors();
     core.local.shared.woken(usize::from(core.local.worker));
     while let Ok(command) = inbox.try_recv() {
         core.apply(command);

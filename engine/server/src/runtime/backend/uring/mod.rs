@@ -189,7 +189,6 @@ impl Uring {
     /// Accepts that failed for lack of a slot in the direct-descriptor table (ENFILE), of a
     /// descriptor or of memory, since the backend started. While the shortage lasts, each
     /// retry that fails counts too: about 50 a second.
-    #[expect(dead_code, reason = "for the worker's stats, which do not show it yet")]
     pub fn accept_errors(&self) -> u64 {
         self.stats.accept_errors
     }
@@ -859,6 +858,10 @@ impl Backend for Uring {
 
     fn name(&self) -> &'static str {
         "io_uring"
+    }
+
+    fn accept_errors(&self) -> u64 {
+        Uring::accept_errors(self)
     }
 }
 
