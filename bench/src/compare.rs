@@ -143,7 +143,7 @@ impl Row {
     }
 }
 
-/// The matrix of issue 4.
+/// The comparison matrix: connections x message sizes x messages in flight.
 pub const MATRIX: [Row; 8] = [
     Row { conns: 10, size: 1024, inflight: 1 },
     Row { conns: 10, size: 16 << 10, inflight: 1 },
@@ -581,7 +581,7 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
         let _ = write!(md, " {} |", fmt(*b, 0));
     }
     let _ = writeln!(md, " |\n");
-    // The verdict against issue 4's bar.
+    // The verdict against the bar.
     let _ = writeln!(md, "### Against the bar\n");
     let g = geomean(&cpu_ratios);
     let worst = cpu_ratios.iter().copied().filter(|x| x.is_finite()).fold(f64::NAN, f64::max);

@@ -3,7 +3,7 @@
 //! - `idle`: userland memory per idle connection. Starts a Ringside echo server in a child
 //!   process (this binary, `serve` subcommand), warms it up, opens N idle WebSocket connections
 //!   and reports the server's RSS growth per connection, at N/2 and at N.
-//! - `compare`: Ringside against peers and the raw TCP echo limit (issue 4's matrix).
+//! - `compare`: Ringside against peers and the raw TCP echo limit (the comparison matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
 //! - `serve`: the echo server `idle` starts (not meant to be run by hand).
