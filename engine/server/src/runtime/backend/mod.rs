@@ -71,6 +71,14 @@ pub trait Backend {
     fn accept_errors(&self) -> u64 {
         0
     }
+    /// Stops every operation on the kernel's side and waits (bounded) until none can touch the
+    /// worker's memory. `false` when that could not be confirmed: the worker must then leak, not
+    /// free, the send queues with bytes in flight (a completion backend hands their addresses
+    /// to the kernel). A backend that never lends memory to the kernel past a call is always
+    /// quiet.
+    fn quiesce(&mut self) -> bool {
+        true
+    }
 }
 
 /// Wakes a worker from another thread: an eventfd the worker's poll watches.

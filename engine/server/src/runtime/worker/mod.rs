@@ -160,6 +160,16 @@ impl<H: Handler> Core<H> {
         stats.accept_errors.store(c.accept_errors, Ordering::Relaxed);
     }
 
+    /// Leaks (never frees) every send queue with bytes in flight: the backend could not confirm
+    /// the kernel is done with them.
+    fn leak_in_flight(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.io.queue.in_flight().is_some() {
+                std::mem::forget(std::mem::take(&mut conn.io.queue));
+            }
+        }
+    }
+
     /// How long the next poll may wait: until the next sweep, timer or tick, or not at all
     /// when there is work left.
     fn poll_timeout(&self) -> Duration {
@@ -243,12 +253,18 @@ pub(crate) fn run<H: Handler, B: Backend>(
     inbox: &Receiver<Command>,
 ) -> io::Result<()> {
     let started = Instant::now();
-    loop {
+    let result = loop {
         core.set_now(started.elapsed().as_millis() as u64);
-        if turn(core, backend, inbox)? {
-            return Ok(());
+        match turn(core, backend, inbox) {
+            Ok(false) => {}
+            Ok(true) => break Ok(()),
+            Err(e) => break Err(e),
         }
+    };
+    if !backend.quiesce() {
+        core.leak_in_flight();
     }
+    result
 }
 
 /// One loop iteration at the clock the caller set ([`Core::set_now`]); `true` when the worker

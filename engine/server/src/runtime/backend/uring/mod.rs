@@ -29,6 +29,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -130,13 +131,16 @@ enum Accept {
 pub struct Uring {
     // Declared first: dropped (closed) before the buffers it may have pointed into.
     ring: IoUring,
-    bufs: BufRing,
+    /// Freed in `Drop` only once the ring is quiet (see `quiesce`), else leaked.
+    bufs: ManuallyDrop<BufRing>,
     taskrun: TaskRun,
     listener: Option<TcpListener>,
     accept: Accept,
-    /// Declared after `ring`, and `Drop` cancels every operation first: the kernel writes peer
-    /// addresses into these until the accepts complete.
-    accepts: Accepts,
+    /// The kernel writes peer addresses into these until the accepts complete: freed in `Drop`
+    /// only once the ring is quiet, else leaked.
+    accepts: ManuallyDrop<Accepts>,
+    /// Whether every operation is known to be over (`Some(true)`), after `quiesce`.
+    quiet: Option<bool>,
     waker: Waker,
     conns: Vec<Conn>,
     fixed_files: u32,
@@ -203,11 +207,12 @@ impl Uring {
         let sockopt_cmd = setup::has_uring_cmd(&ring);
         let mut this = Uring {
             ring,
-            bufs,
+            bufs: ManuallyDrop::new(bufs),
             taskrun,
             listener: None,
             accept: Accept::Stopped,
-            accepts: Accepts::new(),
+            accepts: ManuallyDrop::new(Accepts::new()),
+            quiet: None,
             waker,
             conns: Vec::new(),
             fixed_files: 0,
@@ -863,13 +868,34 @@ impl Backend for Uring {
     fn accept_errors(&self) -> u64 {
         Uring::accept_errors(self)
     }
+
+    fn quiesce(&mut self) -> bool {
+        if self.quiet.is_none() {
+            let quiet = setup::quiesce(&self.ring);
+            if !quiet {
+                tracing::error!(
+                    "io_uring operations outlived the one-second cancel at shutdown; their \
+                     buffers are leaked rather than freed under the kernel"
+                );
+            }
+            self.quiet = Some(quiet);
+        }
+        self.quiet == Some(true)
+    }
 }
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        // Operations may still point into the buffer ring and into send queues the worker
-        // frees after this: cancel them all and wait before anything is freed.
-        setup::quiesce(&self.ring);
+        // Operations may still point into the buffer ring, the accept address buffers and send
+        // queues: cancel them all and wait before anything is freed; what the kernel may still
+        // use after a timed-out wait is leaked instead.
+        if super::Backend::quiesce(self) {
+            // SAFETY: dropped once, here, and no operation can touch them any more.
+            unsafe {
+                ManuallyDrop::drop(&mut self.bufs);
+                ManuallyDrop::drop(&mut self.accepts);
+            }
+        }
     }
 }
 

@@ -126,13 +126,21 @@ fn nofile_limit() -> u64 {
 }
 
 /// Cancels every operation still in the ring, waiting (up to a second) until none can touch
-/// memory any more, then unregisters the buffer ring. After this the owner may free the buffers
-/// and the send queues the operations pointed into.
-pub(super) fn quiesce(ring: &IoUring) {
+/// memory any more, then unregisters the buffer ring. `true`: the owner may free the buffers and
+/// the send queues the operations pointed into. `false`: some operation outlived the wait, and
+/// everything it may use must be leaked, never freed.
+pub(super) fn quiesce(ring: &IoUring) -> bool {
     let timeout = Timespec::new().sec(1);
-    // ENOENT (nothing in flight) is the common answer.
-    let _ = ring.submitter().register_sync_cancel(Some(timeout), CancelBuilder::any());
-    let _ = ring.submitter().unregister_buf_ring(GROUP);
+    // ENOENT (nothing in flight) is the common answer; ETIME means some operation did not
+    // finish within the timeout: the kernel may still read or write the memory it was given.
+    let quiet = match ring.submitter().register_sync_cancel(Some(timeout), CancelBuilder::any()) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+    };
+    if quiet {
+        let _ = ring.submitter().unregister_buf_ring(GROUP);
+    }
+    quiet
 }
 
 /// Whether io_uring can run this server here; the reason if not. `RINGSIDE_NO_URING=1` makes it
@@ -160,9 +168,14 @@ pub fn probe(settings: &Settings) -> Result<(), String> {
     let result = unsafe { bufs.register(&ring.submitter()) }
         .map_err(|e| format!("cannot register a provided-buffer ring (5.19+): {e}"))
         .and_then(|()| receive_one_byte(&mut ring));
-    quiesce(&ring);
-    drop(ring);
-    drop(bufs);
+    if quiesce(&ring) {
+        drop(ring);
+        drop(bufs);
+    } else {
+        // The kernel may still write into the buffers: never free them under it.
+        drop(ring);
+        std::mem::forget(bufs);
+    }
     result
 }
 
