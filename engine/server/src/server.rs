@@ -195,6 +195,10 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    pub(crate) fn new(shared: Arc<runtime::Shared>) -> Self {
+        Publisher { shared }
+    }
+
     /// Publishes `msg` to every subscriber of `topic`.
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
         self.shared.publish(topic, 0, msg);
@@ -213,12 +217,6 @@ pub struct ServerHandle {
     pub(crate) backend: &'static str,
     pub(crate) shared: Arc<runtime::Shared>,
     pub(crate) threads: Vec<JoinHandle<io::Result<()>>>,
-}
-
-impl Publisher {
-    pub(crate) fn new(shared: Arc<runtime::Shared>) -> Self {
-        Publisher { shared }
-    }
 }
 
 impl ServerHandle {
@@ -281,6 +279,10 @@ impl ServerHandle {
     }
 }
 
+/// A message encoded as a server frame, once, for sending to many connections.
+#[derive(Debug, Clone)]
+pub struct Encoded(Bytes);
+
 /// Reaches connections from any thread: addressed sends and closes, closures run on a worker,
 /// publishes. Commands to one worker travel over its channel in order (two sends to one
 /// connection from one thread arrive in that order) and are applied in the worker's next loop
@@ -301,12 +303,7 @@ impl Sender {
     /// policy like any send; a stale id is a no-op there (counted in [`Stats::stale`]).
     /// `Closed` when the server has stopped.
     pub fn send(&self, conn: ConnId, msg: Message<'_>) -> SendStatus {
-        let frame = pubsub::encode(msg);
-        if self.shared.send(conn.worker(), Command::Send(conn, frame)) {
-            SendStatus::Queued
-        } else {
-            SendStatus::Closed
-        }
+        self.send_encoded(conn, &Sender::encode(msg))
     }
 
     /// Sends a text message (see [`Sender::send`]).
@@ -314,10 +311,15 @@ impl Sender {
         self.send(conn, Message::Text(text))
     }
 
-    /// Sends an already encoded frame (an unmasked server frame) to `conn`: for a message sent
-    /// to many connections one at a time, encoded once.
-    pub fn send_frame(&self, conn: ConnId, frame: Bytes) -> SendStatus {
-        if self.shared.send(conn.worker(), Command::Send(conn, frame)) {
+    /// Encodes `msg` once, for [`Sender::send_encoded`] to many connections.
+    pub fn encode(msg: Message<'_>) -> Encoded {
+        Encoded(pubsub::encode(msg))
+    }
+
+    /// Sends a message encoded with [`Sender::encode`]: a message for many connections is
+    /// encoded once and shared (a reference count per connection, or a copy when small).
+    pub fn send_encoded(&self, conn: ConnId, frame: &Encoded) -> SendStatus {
+        if self.shared.send(conn.worker(), Command::Send(conn, frame.0.clone())) {
             SendStatus::Queued
         } else {
             SendStatus::Closed
