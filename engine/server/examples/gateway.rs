@@ -39,9 +39,11 @@
 //! The shape: the handler (one per worker) authenticates in `on_upgrade` and keeps the session
 //! (account, counters, open order ids) in the connection's data; it validates each command and
 //! hands orders to the engine thread over a channel. The engine owns the books and answers
-//! through a [`Sender`] (acks, fills: to any connection, on any worker) and publishes market
-//! data; when an order is done it updates the owner's session with [`Sender::defer`], before
-//! the message that says so, so a client never sees `stats` disagree with a fill it has read.
+//! through the server's [`Sender`] (acks, fills: to any connection, on any worker) and
+//! publishes market data; it gathers what each burst of requests says in a [`Batch`], handed
+//! to the workers at once. When an order is done it updates the owner's session with a
+//! deferred closure (`defer`), ahead of the message that says so, so a client never sees
+//! `stats` disagree with a fill it has read.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -53,8 +55,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ringside::{
-    Builder, ConnId, Handler, Message, Sender, Server, ServerHandle, SlowConsumer, TopicPolicy,
-    Upgrade, Upgrading, WebSocket,
+    Batch, Builder, ConnId, Handler, Message, Sender, Server, ServerHandle, SlowConsumer,
+    TopicPolicy, Upgrade, Upgrading, WebSocket,
 };
 
 /// Open orders one connection may have: bounds what a session and the engine hold for it.
@@ -64,6 +66,10 @@ pub const MAX_CID: usize = 32;
 /// Largest quantity and price accepted.
 pub const MAX_QTY: u64 = 1_000_000_000;
 pub const MAX_PRICE: u64 = 1_000_000_000_000;
+
+/// Requests the engine handles before it hands their answers over, at most: bounds the delay a
+/// steady stream could add to the first answer of a burst.
+const BURST: usize = 256;
 
 /// Conflation keys on a symbol's topic: its latest book and its latest trade.
 const KEY_BOOK: u64 = 0;
@@ -643,7 +649,8 @@ struct Engine {
     /// Resting orders by owner: ordered so that a connection's orders are one range.
     resting: BTreeMap<(ConnId, Box<str>), Place>,
     next_oid: u64,
-    sender: Sender,
+    /// What the current burst of requests says to the workers, handed over at its end.
+    out: Batch,
     text: String,
 }
 
@@ -655,19 +662,28 @@ impl Engine {
             published: vec![Top::default(); symbols.len()],
             resting: BTreeMap::new(),
             next_oid: 1,
-            sender,
+            out: sender.batch(),
             text: String::with_capacity(128),
         }
     }
 
+    /// Serves requests in bursts: everything waiting in the channel (up to [`BURST`]) is
+    /// handled, then what it says to the workers leaves in one hand-over per worker.
     fn run(mut self, requests: &crossbeam_channel::Receiver<Request>) {
-        while let Ok(request) = requests.recv() {
-            match request {
-                Request::Order(order) => self.order(order),
-                Request::Cancel { conn, cid } => self.cancel(conn, cid),
-                Request::Gone(conn) => self.gone(conn),
-                Request::Stop => return,
+        while let Ok(first) = requests.recv() {
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(request) = next {
+                match request {
+                    Request::Order(order) => self.order(order),
+                    Request::Cancel { conn, cid } => self.cancel(conn, cid),
+                    Request::Gone(conn) => self.gone(conn),
+                    Request::Stop => return,
+                }
+                handled += 1;
+                next = if handled < BURST { requests.try_recv().ok() } else { None };
             }
+            self.out.flush();
         }
     }
 
@@ -685,11 +701,7 @@ impl Engine {
             let symbol = &self.symbols[book];
             self.text.clear();
             let _ = write!(self.text, "trade {symbol} {} {}", f.qty, f.price);
-            self.sender.publish_keyed(
-                &format!("md.{symbol}"),
-                KEY_TRADE,
-                Message::Text(&self.text),
-            );
+            self.out.publish_keyed(&format!("md.{symbol}"), KEY_TRADE, Message::Text(&self.text));
             if f.maker_left == 0 {
                 self.resting.remove(&(f.maker.conn, f.maker.cid.clone()));
                 self.done(&f.maker);
@@ -769,9 +781,9 @@ impl Engine {
     /// Takes a finished order off its owner's session, on the owner's worker. Sent before the
     /// message that finishes it, and commands to a worker run in order, so the session has
     /// forgotten the order by the time the client reads that message.
-    fn done(&self, owner: &Owner) {
+    fn done(&mut self, owner: &Owner) {
         let (conn, cid) = (owner.conn, owner.cid.clone());
-        let _ = self.sender.defer::<Gateway>(conn.worker(), move |_, ctx| {
+        let _ = self.out.defer::<Gateway>(conn.worker(), move |_, ctx| {
             if let Some(session) = ctx.data_mut(conn) {
                 session.open.remove(&cid);
             }
@@ -782,7 +794,7 @@ impl Engine {
         self.text.clear();
         let _ = self.text.write_fmt(line);
         // A closed connection is not an error: its orders are cancelled when `Gone` arrives.
-        let _ = self.sender.send(conn, Message::Text(&self.text));
+        self.out.send(conn, Message::Text(&self.text));
     }
 
     fn publish_top(&mut self, book: usize) {
@@ -798,6 +810,6 @@ impl Engine {
         let symbol = &self.symbols[book];
         self.text.clear();
         let _ = write!(self.text, "book {symbol} {} {}", side(top.bid), side(top.ask));
-        self.sender.publish_keyed(&format!("md.{symbol}"), KEY_BOOK, Message::Text(&self.text));
+        self.out.publish_keyed(&format!("md.{symbol}"), KEY_BOOK, Message::Text(&self.text));
     }
 }

@@ -285,7 +285,8 @@ impl ServerHandle {
 /// publishes. Commands to one worker travel over its channel in order (two sends to one
 /// connection from one thread arrive in that order) and are applied in the worker's next loop
 /// iteration, in a batch that costs at most one wake-up; what they queue leaves corked with
-/// everything else that iteration.
+/// everything else that iteration. A thread that answers bursts gathers each burst in a
+/// [`Batch`] instead, which hands it over at once.
 #[derive(Debug, Clone)]
 pub struct Sender {
     shared: Arc<runtime::Shared>,
@@ -337,21 +338,21 @@ impl Sender {
         worker: usize,
         f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
     ) -> Result<(), Error> {
-        if self.shared.handler != TypeId::of::<H>() {
-            return Err(Error::WrongHandler);
-        }
-        if worker >= self.shared.workers() {
-            return Err(Error::NoWorker(worker));
-        }
-        let run = Box::new(move |core: &mut dyn std::any::Any| {
-            if let Some(core) = core.downcast_mut::<Core<H>>() {
-                core.run_deferred(f);
-            }
-        });
-        if self.shared.send(worker, Command::Defer(run)) {
+        let run = deferred(&self.shared, worker, f)?;
+        if self.shared.send(worker, run) {
             Ok(())
         } else {
             Err(Error::Stopped)
+        }
+    }
+
+    /// A [`Batch`]: sends, closes, deferred closures and publishes gathered on this thread and
+    /// handed to each worker at once.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            shared: Arc::clone(&self.shared),
+            pending: (0..self.shared.workers()).map(|_| Vec::new()).collect(),
+            len: 0,
         }
     }
 
@@ -368,5 +369,141 @@ impl Sender {
     /// How many workers run.
     pub fn workers(&self) -> usize {
         self.shared.workers()
+    }
+}
+
+/// `f` as a command for `worker`, after checking that `H` is the server's handler type.
+fn deferred<H: Handler>(
+    shared: &runtime::Shared,
+    worker: usize,
+    f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
+) -> Result<Command, Error> {
+    if shared.handler != TypeId::of::<H>() {
+        return Err(Error::WrongHandler);
+    }
+    if worker >= shared.workers() {
+        return Err(Error::NoWorker(worker));
+    }
+    Ok(Command::Defer(Box::new(move |core: &mut dyn std::any::Any| {
+        if let Some(core) = core.downcast_mut::<Core<H>>() {
+            core.run_deferred(f);
+        }
+    })))
+}
+
+/// Sends, closes, deferred closures and publishes gathered on one thread, then handed to the
+/// workers by [`flush`](Batch::flush) (or on drop): one channel send and at most one wake-up
+/// per worker that has something, however much was gathered.
+///
+/// For a thread that answers bursts, such as a matching engine draining its queue: separate
+/// [`Sender`] calls each hand their command over at once, and when the worker shares a core
+/// with that thread, each can wake the worker and switch to it; a batch gathered over the
+/// burst costs one switch. What a worker gets is applied in the order it was gathered, in one
+/// loop iteration, and leaves corked. From [`Sender::batch`]; one batch can serve many bursts.
+#[derive(Debug)]
+pub struct Batch {
+    shared: Arc<runtime::Shared>,
+    /// Per worker, what it gets at the next flush.
+    pending: Vec<Vec<Command>>,
+    len: usize,
+}
+
+impl Batch {
+    /// Gathers `msg` for connection `conn` (encoded here, on the calling thread). At the flush
+    /// it is queued as [`Sender::send`] would: under the send limit and policy; a stale id is a
+    /// no-op there.
+    pub fn send(&mut self, conn: ConnId, msg: Message<'_>) {
+        self.push(conn.worker(), Command::Send(conn, pubsub::encode(msg)));
+    }
+
+    /// Gathers a text message (see [`Batch::send`]).
+    pub fn send_text(&mut self, conn: ConnId, text: &str) {
+        self.send(conn, Message::Text(text));
+    }
+
+    /// Gathers an already encoded frame (see [`Sender::send_frame`]).
+    pub fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
+        self.push(conn.worker(), Command::Send(conn, frame));
+    }
+
+    /// Gathers a close of `conn` (see [`Sender::close`]).
+    pub fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
+        self.push(conn.worker(), Command::Close(conn, code, reason.into()));
+    }
+
+    /// Gathers a closure to run on `worker` (see [`Sender::defer`]); checked now.
+    pub fn defer<H: Handler>(
+        &mut self,
+        worker: usize,
+        f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
+    ) -> Result<(), Error> {
+        let run = deferred(&self.shared, worker, f)?;
+        self.push(worker, run);
+        Ok(())
+    }
+
+    /// Gathers a publish to every subscriber of `topic` on every worker (encoded once here).
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
+        self.publish_keyed(topic, 0, msg);
+    }
+
+    /// Gathers a publish with a conflation key.
+    pub fn publish_keyed(&mut self, topic: &str, key: u64, msg: Message<'_>) {
+        let p = pubsub::Publication::new(topic, key, msg);
+        for worker in 1..self.pending.len() {
+            self.publish_to(worker, p.copied());
+        }
+        self.publish_to(0, p);
+    }
+
+    /// Publishes in a row go to a worker as one command.
+    fn publish_to(&mut self, worker: usize, p: pubsub::Publication) {
+        if let Some(Command::Publish(list)) = self.pending[worker].last_mut() {
+            list.push(p);
+            self.len += 1;
+        } else {
+            self.push(worker, Command::Publish(vec![p]));
+        }
+    }
+
+    fn push(&mut self, worker: usize, command: Command) {
+        // Ids and workers come from this server, so the index is in range; a foreign one is
+        // dropped like a stale id.
+        if let Some(pending) = self.pending.get_mut(worker) {
+            pending.push(command);
+            self.len += 1;
+        }
+    }
+
+    /// Commands gathered and not yet flushed (a publish counts once per worker).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits for a flush.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands what was gathered to the workers. `false` when the server has stopped (what was
+    /// gathered is dropped).
+    pub fn flush(&mut self) -> bool {
+        let mut delivered = true;
+        for (worker, pending) in self.pending.iter_mut().enumerate() {
+            let command = match pending.len() {
+                0 => continue,
+                1 => pending.pop().expect("one command"),
+                n => Command::Batch(std::mem::replace(pending, Vec::with_capacity(n))),
+            };
+            delivered &= self.shared.send(worker, command);
+        }
+        self.len = 0;
+        delivered
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

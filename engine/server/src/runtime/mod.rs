@@ -45,6 +45,8 @@ pub(crate) enum Command {
     Close(ConnId, CloseCode, Box<str>),
     /// Run a closure on the worker.
     Defer(Deferred),
+    /// Commands gathered by a `Batch`, applied in order.
+    Batch(Vec<Command>),
 }
 
 impl std::fmt::Debug for Command {
@@ -55,6 +57,7 @@ impl std::fmt::Debug for Command {
             Command::Send(id, b) => write!(f, "Send({id}, {} bytes)", b.len()),
             Command::Close(id, code, _) => write!(f, "Close({id}, {code})"),
             Command::Defer(_) => f.write_str("Defer"),
+            Command::Batch(b) => write!(f, "Batch({} commands)", b.len()),
         }
     }
 }

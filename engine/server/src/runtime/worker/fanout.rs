@@ -54,6 +54,11 @@ impl<H: Handler> Core<H> {
                 }
             }
             Command::Defer(f) => f(self as &mut dyn Any),
+            Command::Batch(commands) => {
+                for command in commands {
+                    self.apply(command);
+                }
+            }
         }
     }
 
