@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringside_proto::frame::{self, OpCode};
 use ringside_proto::{CloseCode, Message};
 
 use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
@@ -351,7 +352,7 @@ impl Sender {
     pub fn batch(&self) -> Batch {
         Batch {
             shared: Arc::clone(&self.shared),
-            pending: (0..self.shared.workers()).map(|_| Vec::new()).collect(),
+            pending: (0..self.shared.workers()).map(|_| Pending::default()).collect(),
             len: 0,
         }
     }
@@ -398,22 +399,64 @@ fn deferred<H: Handler>(
 /// For a thread that answers bursts, such as a matching engine draining its queue: separate
 /// [`Sender`] calls each hand their command over at once, and when the worker shares a core
 /// with that thread, each can wake the worker and switch to it; a batch gathered over the
-/// burst costs one switch. What a worker gets is applied in the order it was gathered, in one
-/// loop iteration, and leaves corked. From [`Sender::batch`]; one batch can serve many bursts.
+/// burst costs one switch. Small messages (frames up to 512 bytes) are encoded back to back
+/// into one buffer per worker, so a burst of acks costs no allocation per message. What a
+/// worker gets is applied in the order it was gathered, in one loop iteration, and leaves
+/// corked. From [`Sender::batch`]; one batch can serve many bursts.
 #[derive(Debug)]
 pub struct Batch {
     shared: Arc<runtime::Shared>,
     /// Per worker, what it gets at the next flush.
-    pending: Vec<Vec<Command>>,
+    pending: Vec<Pending>,
     len: usize,
 }
+
+/// One worker's share of a batch: commands, and the run of small frames gathered since the
+/// last command (kept apart so that order holds: a command seals the run before it).
+#[derive(Debug, Default)]
+struct Pending {
+    commands: Vec<Command>,
+    frames: Vec<u8>,
+    to: Vec<(ConnId, u32, u32)>,
+}
+
+impl Pending {
+    /// Turns the run of small frames into a command.
+    fn seal(&mut self) {
+        if !self.to.is_empty() {
+            let frames = Bytes::from(std::mem::take(&mut self.frames));
+            let to = std::mem::take(&mut self.to);
+            self.commands.push(Command::Packed(frames, to));
+        }
+    }
+}
+
+/// Frames up to this size are packed (they are copied into the connection's queue anyway).
+const PACK_MAX: usize = crate::runtime::queue::COPY_SHARED_MAX;
+/// A run of packed frames is sealed past this many bytes.
+const PACK_RUN: usize = 1 << 20;
 
 impl Batch {
     /// Gathers `msg` for connection `conn` (encoded here, on the calling thread). At the flush
     /// it is queued as [`Sender::send`] would: under the send limit and policy; a stale id is a
     /// no-op there.
     pub fn send(&mut self, conn: ConnId, msg: Message<'_>) {
-        self.push(conn.worker(), Command::Send(conn, pubsub::encode(msg)));
+        let Some(p) = self.pending.get_mut(conn.worker()) else { return };
+        if msg.len() + 10 > PACK_MAX {
+            self.push(conn.worker(), Command::Send(conn, pubsub::encode(msg)));
+            return;
+        }
+        let opcode = match msg {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        };
+        let start = p.frames.len();
+        frame::write_frame(&mut p.frames, true, opcode, None, msg.as_bytes());
+        p.to.push((conn, start as u32, p.frames.len() as u32));
+        if p.frames.len() > PACK_RUN {
+            p.seal();
+        }
+        self.len += 1;
     }
 
     /// Gathers a text message (see [`Batch::send`]).
@@ -458,24 +501,29 @@ impl Batch {
 
     /// Publishes in a row go to a worker as one command.
     fn publish_to(&mut self, worker: usize, p: pubsub::Publication) {
-        if let Some(Command::Publish(list)) = self.pending[worker].last_mut() {
-            list.push(p);
-            self.len += 1;
-        } else {
-            self.push(worker, Command::Publish(vec![p]));
+        let pending = &mut self.pending[worker];
+        if pending.to.is_empty() {
+            if let Some(Command::Publish(list)) = pending.commands.last_mut() {
+                list.push(p);
+                self.len += 1;
+                return;
+            }
         }
+        self.push(worker, Command::Publish(vec![p]));
     }
 
     fn push(&mut self, worker: usize, command: Command) {
         // Ids and workers come from this server, so the index is in range; a foreign one is
         // dropped like a stale id.
         if let Some(pending) = self.pending.get_mut(worker) {
-            pending.push(command);
+            pending.seal();
+            pending.commands.push(command);
             self.len += 1;
         }
     }
 
-    /// Commands gathered and not yet flushed (a publish counts once per worker).
+    /// Messages, closes, closures and publishes gathered and not yet flushed (a publish counts
+    /// once per worker).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -490,10 +538,13 @@ impl Batch {
     pub fn flush(&mut self) -> bool {
         let mut delivered = true;
         for (worker, pending) in self.pending.iter_mut().enumerate() {
-            let command = match pending.len() {
+            pending.seal();
+            let command = match pending.commands.len() {
                 0 => continue,
-                1 => pending.pop().expect("one command"),
-                n => Command::Batch(std::mem::replace(pending, Vec::with_capacity(n))),
+                1 => pending.commands.pop().expect("one command"),
+                n => {
+                    Command::Batch(std::mem::replace(&mut pending.commands, Vec::with_capacity(n)))
+                }
             };
             delivered &= self.shared.send(worker, command);
         }

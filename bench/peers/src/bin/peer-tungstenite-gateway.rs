@@ -7,7 +7,8 @@
 //! text or binary message to the engine thread over one shared mpsc channel. The engine thread
 //! (a plain thread, as a matching engine is: it must not hold up the runtime) answers each
 //! order with an ack that restates it (the same message) on the connection's channel.
-//! The task writes replies as they come, flushing once no further reply is ready.
+//! The task writes replies as they come, flushing once no further reply is ready; once the
+//! client's close has arrived, acks still on their way are dropped.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -131,6 +132,10 @@ async fn connection(
     let (tx, mut replies) = mpsc::unbounded_channel();
     let _ = engine.send(ToEngine::Open(id, tx));
     let result = async {
+        // Once the client's close arrived, tungstenite has queued the reply and refuses further
+        // sends: acks still on their way are dropped, and reading goes on until the close
+        // handshake completes.
+        let mut closing = false;
         loop {
             tokio::select! {
                 msg = ws.next() => {
@@ -138,9 +143,14 @@ async fn connection(
                     let msg = msg?;
                     if msg.is_text() || msg.is_binary() {
                         let _ = engine.send(ToEngine::Order(id, msg));
+                    } else if msg.is_close() {
+                        closing = true;
                     }
                 }
                 Some(reply) = replies.recv() => {
+                    if closing {
+                        continue;
+                    }
                     ws.feed(reply).await?;
                     while let Some(Some(reply)) = replies.recv().now_or_never() {
                         ws.feed(reply).await?;

@@ -642,9 +642,13 @@ fn a_batch_reaches_each_worker_as_one_command_in_order() {
     rig.core.local.topics.subscribe(b, "md.X").unwrap();
     let sender = rig.sender();
     let mut batch = sender.batch();
+    let big = "x".repeat(600); // past the packed size: its own command, in its place
     for i in 0..50 {
         batch.send_text(ca, &format!("ack {i}"));
         batch.send(cb, Message::Text(&format!("fill {i}")));
+        if i == 24 {
+            batch.send_text(ca, &big);
+        }
     }
     batch.publish_keyed("md.X", 1, Message::Text("book 1"));
     batch.publish("md.X", Message::Text("book 2"));
@@ -656,14 +660,15 @@ fn a_batch_reaches_each_worker_as_one_command_in_order() {
     batch.close(ca, CloseCode::GOING_AWAY, "done");
     assert!(matches!(batch.defer::<Wrong>(0, |_, _| {}), Err(crate::Error::WrongHandler)));
     assert!(matches!(batch.defer::<App>(1, |_, _| {}), Err(crate::Error::NoWorker(1))));
-    assert_eq!(batch.len(), 104);
+    assert_eq!(batch.len(), 105);
     assert!(rig.inbox.is_empty(), "nothing leaves before the flush");
     assert!(batch.flush());
     assert!(batch.is_empty());
     assert_eq!(rig.inbox.len(), 1, "one channel send for the worker");
     rig.turn();
-    let acks: Vec<String> =
+    let mut acks: Vec<String> =
         (0..50).map(|i| format!("ack {i}")).chain(["close 1001".to_owned()]).collect();
+    acks.insert(25, big);
     assert_eq!(rig.received(a), acks);
     let fills: Vec<String> =
         (0..50).map(|i| format!("fill {i}")).chain(["book 1".into(), "book 2".into()]).collect();
