@@ -485,6 +485,9 @@ fn prepare(out: &Out) -> io::Result<()> {
 
 /// How this run was started, for the report.
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| if a.contains([' ', '"']) { format!("{a:?}") } else { a })
+        .collect();
     format!("cargo run --release -p ringside-bench -- {}", args.join(" "))
 }
