@@ -6,7 +6,10 @@
 //! - `compare`: Ringside against peers and the raw TCP echo limit (the comparison matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
-//! - `serve`: the echo server `idle` starts (not meant to be run by hand).
+//! - `gateway`: the order-entry shape (orders to an engine thread, acks back through `Sender`)
+//!   against plain echo and against tokio-tungstenite with mpsc channels.
+//! - `serve`: the echo server `idle` starts, or the gateway server `gateway` starts (not meant
+//!   to be run by hand).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod chart;
 mod compare;
 mod fanout;
+mod gateway;
 mod procs;
 mod scale;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
@@ -122,10 +126,45 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
-    /// Run an echo server (used by the other subcommands).
+    /// Order entry: orders to an engine thread and acks back through `Sender`, against plain
+    /// echo with the same clients and sizes, and against tokio-tungstenite + mpsc channels.
+    Gateway {
+        /// Clients, each with one order in flight.
+        #[arg(long, default_value_t = 100)]
+        clients: u64,
+        /// Bytes per order (and per ack).
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Warm-up seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Runs per server (servers alternate); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only servers whose name contains one of these (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Also write the figures (round trips, errors, latency per server) as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// A sentence about the conditions (the machine, what else ran), put in the report.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Run an echo server, or the gateway (used by the other subcommands).
     Serve {
         #[arg(long, value_enum)]
         backend: BackendArg,
+        /// What to serve.
+        #[arg(long, value_enum, default_value = "echo")]
+        app: ServeApp,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
         #[arg(long, default_value_t = 1)]
@@ -162,12 +201,30 @@ struct Out {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum ServeApp {
+    /// Echo every message.
+    Echo,
+    /// Forward every message as an order to an engine thread, which acks each burst of orders
+    /// in one `Batch`.
+    Gateway,
+    /// The same, with a `Sender::send` per ack.
+    GatewayEach,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum BackendArg {
     IoUring,
     Epoll,
 }
 
 impl BackendArg {
+    fn backend(self) -> ringside::Backend {
+        match self {
+            BackendArg::IoUring => ringside::Backend::IoUring,
+            BackendArg::Epoll => ringside::Backend::Epoll,
+        }
+    }
+
     fn flag(self) -> &'static str {
         match self {
             BackendArg::IoUring => "io-uring",
@@ -188,7 +245,37 @@ impl Handler for Echo {
 fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Cmd::Serve { backend, listen, workers } => serve(backend, listen, workers),
+        Cmd::Serve { backend, app: ServeApp::Echo, listen, workers } => {
+            serve(backend, listen, workers)
+        }
+        Cmd::Serve { backend, app: ServeApp::Gateway, listen, workers } => {
+            gateway::serve(backend.backend(), listen, workers, true)
+        }
+        Cmd::Serve { backend, app: ServeApp::GatewayEach, listen, workers } => {
+            gateway::serve(backend.backend(), listen, workers, false)
+        }
+        Cmd::Gateway { clients, size, secs, warmup, runs, only, json, note, cpus, out } => {
+            prepare(&out).and_then(|()| {
+                gateway::main(
+                    gateway::Options {
+                        clients,
+                        size,
+                        secs,
+                        warmup,
+                        runs: runs.max(1),
+                        only,
+                        server_cpus: cpus.server_cpus,
+                        load_cpus: cpus.load_cpus,
+                        server_threads: cpus.server_threads,
+                        load_threads: cpus.load_threads,
+                        doc: out.doc,
+                        json,
+                        note,
+                    },
+                    &command_line(),
+                )
+            })
+        }
         Cmd::Idle { conns, backend } => idle(conns, backend),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {
@@ -280,10 +367,7 @@ fn main() {
 fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<()> {
     let server = Server::builder()
         .bind(listen)?
-        .backend(match backend {
-            BackendArg::IoUring => ringside::Backend::IoUring,
-            BackendArg::Epoll => ringside::Backend::Epoll,
-        })
+        .backend(backend.backend())
         .workers(Workers::Count(workers))
         .idle_timeout(Duration::from_secs(3600))
         .build(|| Echo)?;
@@ -401,6 +485,9 @@ fn prepare(out: &Out) -> io::Result<()> {
 
 /// How this run was started, for the report.
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| if a.contains([' ', '"']) { format!("{a:?}") } else { a })
+        .collect();
     format!("cargo run --release -p ringside-bench -- {}", args.join(" "))
 }

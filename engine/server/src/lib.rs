@@ -39,7 +39,7 @@ pub use ringside_proto::handshake::Request;
 pub use ringside_proto::{CloseCode, Message};
 pub use runtime::handle::{Ctx, WebSocket};
 pub use runtime::pubsub::{SubscribeError, MAX_TOPIC_LEN};
-pub use server::{Builder, Encoded, Publisher, Running, Sender, Server, ServerHandle};
+pub use server::{Batch, Builder, Encoded, Publisher, Running, Sender, Server, ServerHandle};
 
 /// Whether the io_uring backend can run here (the same probe `Backend::Auto` uses), and why not.
 pub fn io_uring_available() -> Result<(), String> {

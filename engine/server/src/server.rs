@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringside_proto::frame::{self, OpCode};
 use ringside_proto::{CloseCode, Message};
 
 use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
@@ -287,7 +288,8 @@ pub struct Encoded(Bytes);
 /// publishes. Commands to one worker travel over its channel in order (two sends to one
 /// connection from one thread arrive in that order) and are applied in the worker's next loop
 /// iteration, in a batch that costs at most one wake-up; what they queue leaves corked with
-/// everything else that iteration.
+/// everything else that iteration. A thread that answers bursts gathers each burst in a
+/// [`Batch`] instead, which hands it over at once.
 #[derive(Debug, Clone)]
 pub struct Sender {
     shared: Arc<runtime::Shared>,
@@ -339,21 +341,21 @@ impl Sender {
         worker: usize,
         f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
     ) -> Result<(), Error> {
-        if self.shared.handler != TypeId::of::<H>() {
-            return Err(Error::WrongHandler);
-        }
-        if worker >= self.shared.workers() {
-            return Err(Error::NoWorker(worker));
-        }
-        let run = Box::new(move |core: &mut dyn std::any::Any| {
-            if let Some(core) = core.downcast_mut::<Core<H>>() {
-                core.run_deferred(f);
-            }
-        });
-        if self.shared.send(worker, Command::Defer(run)) {
+        let run = deferred(&self.shared, worker, f)?;
+        if self.shared.send(worker, run) {
             Ok(())
         } else {
             Err(Error::Stopped)
+        }
+    }
+
+    /// A [`Batch`]: sends, closes, deferred closures and publishes gathered on this thread and
+    /// handed to each worker at once.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            shared: Arc::clone(&self.shared),
+            pending: (0..self.shared.workers()).map(|_| Pending::default()).collect(),
+            len: 0,
         }
     }
 
@@ -370,5 +372,191 @@ impl Sender {
     /// How many workers run.
     pub fn workers(&self) -> usize {
         self.shared.workers()
+    }
+}
+
+/// `f` as a command for `worker`, after checking that `H` is the server's handler type.
+fn deferred<H: Handler>(
+    shared: &runtime::Shared,
+    worker: usize,
+    f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
+) -> Result<Command, Error> {
+    if shared.handler != TypeId::of::<H>() {
+        return Err(Error::WrongHandler);
+    }
+    if worker >= shared.workers() {
+        return Err(Error::NoWorker(worker));
+    }
+    Ok(Command::Defer(Box::new(move |core: &mut dyn std::any::Any| {
+        if let Some(core) = core.downcast_mut::<Core<H>>() {
+            core.run_deferred(f);
+        }
+    })))
+}
+
+/// Sends, closes, deferred closures and publishes gathered on one thread, then handed to the
+/// workers by [`flush`](Batch::flush) (or on drop): one channel send and at most one wake-up
+/// per worker that has something, however much was gathered.
+///
+/// For a thread that answers bursts, such as a matching engine draining its queue: separate
+/// [`Sender`] calls each hand their command over at once, and when the worker shares a core
+/// with that thread, each can wake the worker and switch to it; a batch gathered over the
+/// burst costs one switch. Small messages (frames up to 512 bytes) are encoded back to back
+/// into one buffer per worker, so a burst of acks costs no allocation per message. What a
+/// worker gets is applied in the order it was gathered, in one loop iteration, and leaves
+/// corked. From [`Sender::batch`]; one batch can serve many bursts.
+#[derive(Debug)]
+pub struct Batch {
+    shared: Arc<runtime::Shared>,
+    /// Per worker, what it gets at the next flush.
+    pending: Vec<Pending>,
+    len: usize,
+}
+
+/// One worker's share of a batch: commands, and the run of small frames gathered since the
+/// last command (kept apart so that order holds: a command seals the run before it).
+#[derive(Debug, Default)]
+struct Pending {
+    commands: Vec<Command>,
+    frames: Vec<u8>,
+    to: Vec<(ConnId, u32, u32)>,
+}
+
+impl Pending {
+    /// Turns the run of small frames into a command.
+    fn seal(&mut self) {
+        if !self.to.is_empty() {
+            let frames = Bytes::from(std::mem::take(&mut self.frames));
+            let to = std::mem::take(&mut self.to);
+            self.commands.push(Command::Packed(frames, to));
+        }
+    }
+}
+
+/// Frames up to this size are packed (they are copied into the connection's queue anyway).
+const PACK_MAX: usize = crate::runtime::queue::COPY_SHARED_MAX;
+/// A run of packed frames is sealed past this many bytes.
+const PACK_RUN: usize = 1 << 20;
+
+impl Batch {
+    /// Gathers `msg` for connection `conn` (encoded here, on the calling thread). At the flush
+    /// it is queued as [`Sender::send`] would: under the send limit and policy; a stale id is a
+    /// no-op there.
+    pub fn send(&mut self, conn: ConnId, msg: Message<'_>) {
+        let Some(p) = self.pending.get_mut(conn.worker()) else { return };
+        if msg.len() + 10 > PACK_MAX {
+            self.push(conn.worker(), Command::Send(conn, pubsub::encode(msg)));
+            return;
+        }
+        let opcode = match msg {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        };
+        let start = p.frames.len();
+        frame::write_frame(&mut p.frames, true, opcode, None, msg.as_bytes());
+        p.to.push((conn, start as u32, p.frames.len() as u32));
+        if p.frames.len() > PACK_RUN {
+            p.seal();
+        }
+        self.len += 1;
+    }
+
+    /// Gathers a text message (see [`Batch::send`]).
+    pub fn send_text(&mut self, conn: ConnId, text: &str) {
+        self.send(conn, Message::Text(text));
+    }
+
+    /// Gathers an already encoded frame (see [`Sender::send_frame`]).
+    pub fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
+        self.push(conn.worker(), Command::Send(conn, frame));
+    }
+
+    /// Gathers a close of `conn` (see [`Sender::close`]).
+    pub fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
+        self.push(conn.worker(), Command::Close(conn, code, reason.into()));
+    }
+
+    /// Gathers a closure to run on `worker` (see [`Sender::defer`]); checked now.
+    pub fn defer<H: Handler>(
+        &mut self,
+        worker: usize,
+        f: impl FnOnce(&mut H, &mut Ctx<'_, H::Conn>) + Send + 'static,
+    ) -> Result<(), Error> {
+        let run = deferred(&self.shared, worker, f)?;
+        self.push(worker, run);
+        Ok(())
+    }
+
+    /// Gathers a publish to every subscriber of `topic` on every worker (encoded once here).
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
+        self.publish_keyed(topic, 0, msg);
+    }
+
+    /// Gathers a publish with a conflation key.
+    pub fn publish_keyed(&mut self, topic: &str, key: u64, msg: Message<'_>) {
+        let p = pubsub::Publication::new(topic, key, msg);
+        for worker in 1..self.pending.len() {
+            self.publish_to(worker, p.copied());
+        }
+        self.publish_to(0, p);
+    }
+
+    /// Publishes in a row go to a worker as one command.
+    fn publish_to(&mut self, worker: usize, p: pubsub::Publication) {
+        let pending = &mut self.pending[worker];
+        if pending.to.is_empty() {
+            if let Some(Command::Publish(list)) = pending.commands.last_mut() {
+                list.push(p);
+                self.len += 1;
+                return;
+            }
+        }
+        self.push(worker, Command::Publish(vec![p]));
+    }
+
+    fn push(&mut self, worker: usize, command: Command) {
+        // Ids and workers come from this server, so the index is in range; a foreign one is
+        // dropped like a stale id.
+        if let Some(pending) = self.pending.get_mut(worker) {
+            pending.seal();
+            pending.commands.push(command);
+            self.len += 1;
+        }
+    }
+
+    /// Messages, closes, closures and publishes gathered and not yet flushed (a publish counts
+    /// once per worker).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits for a flush.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands what was gathered to the workers. `false` when the server has stopped (what was
+    /// gathered is dropped).
+    pub fn flush(&mut self) -> bool {
+        let mut delivered = true;
+        for (worker, pending) in self.pending.iter_mut().enumerate() {
+            pending.seal();
+            let command = match pending.commands.len() {
+                0 => continue,
+                1 => pending.commands.pop().expect("one command"),
+                n => {
+                    Command::Batch(std::mem::replace(&mut pending.commands, Vec::with_capacity(n)))
+                }
+            };
+            delivered &= self.shared.send(worker, command);
+        }
+        self.len = 0;
+        delivered
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

@@ -45,6 +45,11 @@ pub(crate) enum Command {
     Close(ConnId, CloseCode, Box<str>),
     /// Run a closure on the worker.
     Defer(Deferred),
+    /// Small frames for several connections, encoded back to back in one buffer: each
+    /// connection with the range of its frame (from a `Batch`).
+    Packed(Bytes, Vec<(ConnId, u32, u32)>),
+    /// Commands gathered by a `Batch`, applied in order.
+    Batch(Vec<Command>),
 }
 
 impl std::fmt::Debug for Command {
@@ -55,6 +60,8 @@ impl std::fmt::Debug for Command {
             Command::Send(id, b) => write!(f, "Send({id}, {} bytes)", b.len()),
             Command::Close(id, code, _) => write!(f, "Close({id}, {code})"),
             Command::Defer(_) => f.write_str("Defer"),
+            Command::Packed(b, to) => write!(f, "Packed({} frames, {} bytes)", to.len(), b.len()),
+            Command::Batch(b) => write!(f, "Batch({} commands)", b.len()),
         }
     }
 }

@@ -54,6 +54,18 @@ impl<H: Handler> Core<H> {
                 }
             }
             Command::Defer(f) => f(self as &mut dyn Any),
+            Command::Packed(frames, to) => {
+                for (id, start, end) in to {
+                    // Small frames: copied into the queue, so the buffer goes with this command.
+                    let frame = frames.get(start as usize..end as usize).unwrap_or_default();
+                    let _ = self.send_to(id, Frame::Parts(frame, &[]));
+                }
+            }
+            Command::Batch(commands) => {
+                for command in commands {
+                    self.apply(command);
+                }
+            }
         }
     }
 

@@ -633,6 +633,59 @@ fn addressed_sends_and_deferred_closures_from_another_thread() {
     assert!(rig.core.handler.log.contains(&"deferred".to_owned()));
 }
 
+#[test]
+fn a_batch_reaches_each_worker_as_one_command_in_order() {
+    let mut rig = Rig::new(settings(), App::default());
+    let a = rig.open(peer(51), "/?user=a");
+    let b = rig.open(peer(52), "/?user=b");
+    let (ca, cb) = (rig.id_of(a), rig.id_of(b));
+    rig.core.local.topics.subscribe(b, "md.X").unwrap();
+    let sender = rig.sender();
+    let mut batch = sender.batch();
+    let big = "x".repeat(600); // past the packed size: its own command, in its place
+    for i in 0..50 {
+        batch.send_text(ca, &format!("ack {i}"));
+        batch.send(cb, Message::Text(&format!("fill {i}")));
+        if i == 24 {
+            batch.send_text(ca, &big);
+        }
+    }
+    batch.publish_keyed("md.X", 1, Message::Text("book 1"));
+    batch.publish("md.X", Message::Text("book 2"));
+    batch
+        .defer::<App>(0, move |app, ctx| {
+            app.log.push(format!("deferred {}", ctx.data_mut(ca).unwrap().user));
+        })
+        .unwrap();
+    batch.close(ca, CloseCode::GOING_AWAY, "done");
+    assert!(matches!(batch.defer::<Wrong>(0, |_, _| {}), Err(crate::Error::WrongHandler)));
+    assert!(matches!(batch.defer::<App>(1, |_, _| {}), Err(crate::Error::NoWorker(1))));
+    assert_eq!(batch.len(), 105);
+    assert!(rig.inbox.is_empty(), "nothing leaves before the flush");
+    assert!(batch.flush());
+    assert!(batch.is_empty());
+    assert_eq!(rig.inbox.len(), 1, "one channel send for the worker");
+    rig.turn();
+    let mut acks: Vec<String> =
+        (0..50).map(|i| format!("ack {i}")).chain(["close 1001".to_owned()]).collect();
+    acks.insert(25, big);
+    assert_eq!(rig.received(a), acks);
+    let fills: Vec<String> =
+        (0..50).map(|i| format!("fill {i}")).chain(["book 1".into(), "book 2".into()]).collect();
+    assert_eq!(rig.received(b), fills);
+    assert!(rig.core.handler.log.contains(&"deferred a".to_owned()));
+    // Dropping a batch flushes it; a flush with nothing gathered sends nothing.
+    let mut empty = sender.batch();
+    assert!(empty.flush());
+    assert!(rig.inbox.is_empty());
+    let mut last = sender.batch();
+    last.send_text(cb, "last");
+    drop(last);
+    assert_eq!(rig.inbox.len(), 1, "a single command goes unwrapped");
+    rig.turn();
+    assert_eq!(rig.received(b), ["last"]);
+}
+
 struct Wrong;
 
 impl Handler for Wrong {
