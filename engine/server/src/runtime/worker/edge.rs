@@ -210,9 +210,10 @@ pub(super) fn access_log(
         target: ACCESS,
         %client,
         peer = %tcp_peer,
-        path,
+        // Tokens and a checked request target: nothing to quote.
+        path = %path,
         status,
-        protocol = protocol.unwrap_or("-"),
+        protocol = %protocol.unwrap_or("-"),
         user_agent = ?user_agent.as_deref().unwrap_or("-"),
         "access"
     );
