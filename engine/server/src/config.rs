@@ -350,6 +350,25 @@ mod tests {
     }
 
     #[test]
+    fn edge_settings_that_work_pass() {
+        let trusted: TrustedProxies = "127.0.0.1/32,fd00::/8".parse().unwrap();
+        for proxy_protocol in [ProxyProtocol::Off, ProxyProtocol::Optional, ProxyProtocol::Required]
+        {
+            let s = Settings {
+                trusted_proxies: trusted.clone(),
+                require_forwarded: true,
+                proxy_protocol,
+                ..Settings::default()
+            };
+            s.check().unwrap();
+        }
+        // Required with nobody trusted: every peer's header is believed (a private listener).
+        Settings { proxy_protocol: ProxyProtocol::Required, ..Settings::default() }
+            .check()
+            .unwrap();
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let base = Settings::default;
         let cases: Vec<(Settings, &str)> = vec![

@@ -37,9 +37,11 @@ pub(super) enum ProxyStage {
     Moved(Vec<u8>),
 }
 
-/// Why a trusted proxy's request was refused.
+/// A trusted proxy sent the request but named no usable client (no configured forwarding
+/// header, or one the walk could not finish): the address to use if that is accepted, the last
+/// trusted one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Unnamed;
+pub(super) struct Unnamed(pub SocketAddr);
 
 impl<H: Handler> Core<H> {
     /// Whether to take a connection from `peer`: not when every connection must carry a PROXY
@@ -131,8 +133,8 @@ impl<H: Handler> Core<H> {
 
 /// The client's address for a request sent by `sender` (the PROXY header's source, else the
 /// TCP peer): `sender` itself unless it is a trusted proxy that names the client in one of the
-/// configured forwarding headers. `Err` when the settings require a trusted proxy to name the
-/// client and it did not.
+/// configured forwarding headers. `Err` when `sender` is a trusted proxy that named nobody
+/// usable (`require_forwarded` refuses those).
 pub(super) fn client_addr(
     settings: &Settings,
     sender: SocketAddr,
@@ -166,13 +168,14 @@ pub(super) fn client_addr(
             "forwarding header not walked to the end; using the last trusted address"
         );
     }
-    if settings.require_forwarded && (r.header.is_none() || r.problem.is_some()) {
-        return Err(Unnamed);
-    }
-    Ok(match r.source {
+    let addr = match r.source {
         Source::Header(_) => SocketAddr::new(r.addr, r.port.unwrap_or(0)),
         _ => sender,
-    })
+    };
+    if r.header.is_none() || r.problem.is_some() {
+        return Err(Unnamed(addr));
+    }
+    Ok(addr)
 }
 
 /// The body of the 400 a trusted proxy gets when it names no client and that is required.
@@ -214,7 +217,8 @@ pub(super) fn access_log(
         path = %path,
         status,
         protocol = %protocol.unwrap_or("-"),
-        user_agent = ?user_agent.as_deref().unwrap_or("-"),
+        // A string field: quoted and escaped in text logs, a plain string in JSON ones.
+        user_agent = user_agent.as_deref().unwrap_or("-"),
         "access"
     );
 }

@@ -309,6 +309,8 @@ fn the_access_log_has_one_line_per_attempt() {
         for bytes in [
             request("/feed?token=secret", &ua),
             request("/deny", &[]),
+            // Refused before the handler is asked: the client is still resolved.
+            b"GET /plain HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.3\r\n\r\n".to_vec(),
             b"NOT HTTP\r\n\r\n".to_vec(),
         ] {
             let mut rig = Rig::new(settings.clone(), Who::default());
@@ -317,12 +319,13 @@ fn the_access_log_has_one_line_per_attempt() {
     });
     let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
     for (line, want) in lines.iter().zip([
         "ringside::access: access client=198.51.100.1:0 peer=127.0.0.1:40001 path=/feed \
          status=101 protocol=- user_agent=\"probe/1.0 (x)\"",
         "client=127.0.0.1:40001 peer=127.0.0.1:40001 path=/deny status=401",
-        "path=- status=400",
+        "client=198.51.100.3:0 peer=127.0.0.1:40001 path=/plain status=426",
+        "client=127.0.0.1:40001 peer=127.0.0.1:40001 path=- status=400",
     ]) {
         assert!(line.contains(want), "{line:?} lacks {want:?}");
         assert!(line.contains(" INFO "), "{line}");

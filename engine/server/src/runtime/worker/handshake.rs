@@ -55,11 +55,17 @@ impl<H: Handler> Core<H> {
         let (reply, head_len, accepted) = match handshake::parse_request(whole, &self.handshake) {
             Ok(Some(req)) => {
                 let head_len = req.head_len();
+                // Resolved for every request that parsed: the access log names the client of
+                // a refused one too.
+                let named = edge::client_addr(settings, sender, &req);
+                let (Ok(addr) | Err(Unnamed(addr))) = named;
+                client = addr;
                 let (reply, accepted, protocol) = match handshake::validate(&req, &self.handshake) {
-                    Ok(accept) => match edge::client_addr(settings, sender, &req) {
-                        Err(Unnamed) => (edge::unnamed_response(settings), None, None),
-                        Ok(addr) => {
-                            client = addr;
+                    Ok(accept) => match named {
+                        Err(_) if settings.require_forwarded => {
+                            (edge::unnamed_response(settings), None, None)
+                        }
+                        _ => {
                             let upgrading = Upgrading {
                                 request: &req,
                                 peer: client,
