@@ -11,7 +11,8 @@
 //!
 //! Each behaviour has its own file: `handshake` (the upgrade), `frames` (messages and the
 //! protocol's output), `close` (closing, timeouts, shutdown), `timers` (application timers and
-//! the tick), `fanout` (broadcasts, publishes, commands from other threads).
+//! the tick), `fanout` (broadcasts, publishes, commands from other threads), `edge` (the PROXY
+//! header, the client's address behind trusted proxies, the access log).
 //!
 //! The clock is injected: [`turn`] reads the time the caller set, so tests drive a worker with
 //! a fake backend and a fake clock, without sockets or sleeps.
