@@ -66,13 +66,22 @@ pub trait Handler: Sized + 'static {
 pub struct Upgrading<'a> {
     pub(crate) request: &'a Request<'a>,
     pub(crate) peer: SocketAddr,
+    pub(crate) tcp_peer: SocketAddr,
     pub(crate) protocol: Option<&'a str>,
 }
 
 impl<'a> Upgrading<'a> {
-    /// The client's address.
+    /// The client's address: the TCP peer's, unless a trusted proxy named the client (a PROXY
+    /// protocol header, or a forwarding header walked past the trusted proxies; see
+    /// [`Settings::trusted_proxies`](crate::Settings::trusted_proxies)). The port is the
+    /// client's when the proxy gave it, else 0.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The address of the TCP connection's other end (the proxy, behind one).
+    pub fn tcp_peer_addr(&self) -> SocketAddr {
+        self.tcp_peer
     }
 
     /// The subprotocol the server chose from the client's offer, if any.
@@ -102,6 +111,64 @@ pub enum Upgrade<C> {
     Accept(C),
     /// Refuse with this HTTP status (kept within 400..=599), e.g. 401 or 404.
     Reject(u16),
+    /// Complete the handshake with these headers added to the `101` response (a session
+    /// cookie: `("Set-Cookie", "sid=...; HttpOnly; Secure")`). A header that is not valid HTTP
+    /// (CR, LF or another control character in a value; a name that is not a token) or that
+    /// the handshake writes itself (`Upgrade`, `Connection`, `Sec-WebSocket-*`,
+    /// `Content-Length`) fails the upgrade with 500 and an error in the log.
+    AcceptWith(C, Vec<(String, String)>),
+    /// Refuse with a response of the handler's making: a 401 with `WWW-Authenticate`, a 403
+    /// with a reason. An invalid one is answered 500 instead, with an error in the log.
+    RejectWith(Response),
+}
+
+/// An HTTP response refusing an upgrade: a status in 300..=599 (not 304), headers and a body.
+///
+/// ```
+/// # use ringside::Response;
+/// let r = Response::new(401)
+///     .header("WWW-Authenticate", "Bearer realm=\"chat\"")
+///     .body("a token is needed\n");
+/// assert_eq!(r.status(), 401);
+/// ```
+///
+/// The server adds `Content-Length`, `Connection: close` and, for a body without a
+/// `Content-Type` header, `text/plain; charset=utf-8`; it checks names and values when it writes
+/// the response (see [`Upgrade::AcceptWith`] for what fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with `status`, no headers and no body.
+    pub fn new(status: u16) -> Response {
+        Response { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// Adds a header (repeat the call for several with the same name).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = body.into();
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The headers, in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
 }
 
 /// Identifies a connection within its server: worker, slot and generation. A slot is reused

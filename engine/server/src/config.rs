@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ringside_proto::edge::{ForwardedHeader, TrustedProxies};
+
 /// How many workers (event loops, one thread each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workers {
@@ -58,6 +60,32 @@ pub struct TopicRule {
     pub pattern: String,
     /// The policy for those topics.
     pub policy: TopicPolicy,
+}
+
+/// Whether connections start with a PROXY protocol header (HAProxy's `send-proxy`,
+/// `send-proxy-v2`; nginx stream's `proxy_protocol on`; cloud load balancers), versions 1 and 2.
+///
+/// When the header is read, it must arrive (whole, possibly over several reads) before the
+/// upgrade request and within the handshake timeout. A connection whose first bytes are not a
+/// valid header, or whose header comes from a TCP peer that is not in
+/// [`Settings::trusted_proxies`] while that list is non-empty, is closed without an answer (the
+/// protocol's rule: a prober learns nothing). A header's source address and port become the
+/// client's; a `LOCAL` header (the proxy's health check) or `UNKNOWN` keeps the TCP peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProxyProtocol {
+    /// No header is read: bytes that look like one are a malformed request (400).
+    #[default]
+    Off,
+    /// Every connection from a trusted proxy may start with a header; one without is served as
+    /// if it came straight from that proxy. Connections from other peers are read as HTTP, and
+    /// closed if they start with a header. Needs a non-empty trusted list (the only way to tell
+    /// whose header to believe).
+    Optional,
+    /// Every connection must start with a header. With a non-empty trusted list, connections
+    /// from other peers are closed at accept; with an empty one, every peer's header is believed
+    /// (for a listener only the proxy can reach).
+    Required,
 }
 
 /// Every tunable, with its default. Build one with `Settings::default()` and struct update
@@ -122,6 +150,26 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Most connections one worker holds (further accepts are refused). Default 1,000,000.
     pub max_connections_per_worker: usize,
+    /// The proxies whose forwarding headers and PROXY headers are believed (IPv4 and IPv6
+    /// ranges). Default empty: nobody's, every client is its TCP peer.
+    pub trusted_proxies: TrustedProxies,
+    /// The forwarding headers read from a trusted proxy, in order: the first one the request
+    /// carries is walked from the right past trusted hops (`ringside_proto::edge::resolve`).
+    /// Default `x-forwarded-for` alone: a header the proxy passes through untouched is whatever
+    /// the client wrote, and with several listed a proxy that sets only a later one would let a
+    /// client's own copy of an earlier one decide. List others only if every trusted proxy sets
+    /// them.
+    pub forwarded_headers: Vec<ForwardedHeader>,
+    /// Refuse (400) an upgrade from a trusted proxy that names no usable client: none of
+    /// `forwarded_headers`, or one the walk could not finish (malformed, `unknown`, too long).
+    /// Off: such a request is served with the last trusted address (logged at debug).
+    /// Default off.
+    pub require_forwarded: bool,
+    /// Whether connections start with a PROXY protocol header. Default off.
+    pub proxy_protocol: ProxyProtocol,
+    /// One `info` event per upgrade attempt on target `ringside::access` (client, TCP peer,
+    /// path, status, subprotocol, user agent). Default off.
+    pub access_log: bool,
 }
 
 impl Default for Settings {
@@ -153,6 +201,11 @@ impl Default for Settings {
             recv_buffer_size: 32 << 10,
             shutdown_timeout: Duration::from_secs(5),
             max_connections_per_worker: 1_000_000,
+            trusted_proxies: TrustedProxies::default(),
+            forwarded_headers: vec![ForwardedHeader::XForwardedFor],
+            require_forwarded: false,
+            proxy_protocol: ProxyProtocol::Off,
+            access_log: false,
         }
     }
 }
@@ -261,6 +314,22 @@ impl Settings {
                 return err("subprotocols", "--subprotocols", why);
             }
         }
+        if self.proxy_protocol == ProxyProtocol::Optional && self.trusted_proxies.is_empty() {
+            let why = "optional PROXY headers need --trusted-proxies: with nobody trusted, any \
+                       client could name any address (use required behind a proxy only it can \
+                       reach)"
+                .into();
+            return err("proxy_protocol", "--proxy-protocol", why);
+        }
+        if self.require_forwarded && self.trusted_proxies.is_empty() {
+            let why =
+                "nothing to require without --trusted-proxies: no peer's headers are read".into();
+            return err("require_forwarded", "--require-forwarded", why);
+        }
+        if self.require_forwarded && self.forwarded_headers.is_empty() {
+            let why = "no header can satisfy it: --forwarded-headers is empty".into();
+            return err("require_forwarded", "--require-forwarded", why);
+        }
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') {
                 let why = format!("{path:?} does not start with '/'");
@@ -281,6 +350,25 @@ mod tests {
     }
 
     #[test]
+    fn edge_settings_that_work_pass() {
+        let trusted: TrustedProxies = "127.0.0.1/32,fd00::/8".parse().unwrap();
+        for proxy_protocol in [ProxyProtocol::Off, ProxyProtocol::Optional, ProxyProtocol::Required]
+        {
+            let s = Settings {
+                trusted_proxies: trusted.clone(),
+                require_forwarded: true,
+                proxy_protocol,
+                ..Settings::default()
+            };
+            s.check().unwrap();
+        }
+        // Required with nobody trusted: every peer's header is believed (a private listener).
+        Settings { proxy_protocol: ProxyProtocol::Required, ..Settings::default() }
+            .check()
+            .unwrap();
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let base = Settings::default;
         let cases: Vec<(Settings, &str)> = vec![
@@ -298,6 +386,17 @@ mod tests {
             (Settings { max_connections_per_worker: 0, ..base() }, "--max-connections-per-worker"),
             (Settings { subprotocols: vec!["a b".into()], ..base() }, "--subprotocols"),
             (Settings { health_path: Some("health".into()), ..base() }, "--health-path"),
+            (Settings { proxy_protocol: ProxyProtocol::Optional, ..base() }, "--proxy-protocol"),
+            (Settings { require_forwarded: true, ..base() }, "--require-forwarded"),
+            (
+                Settings {
+                    require_forwarded: true,
+                    trusted_proxies: "10.0.0.0/8".parse().unwrap(),
+                    forwarded_headers: Vec::new(),
+                    ..base()
+                },
+                "--require-forwarded",
+            ),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

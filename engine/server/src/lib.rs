@@ -32,9 +32,11 @@ mod runtime;
 mod server;
 mod signal;
 
-pub use api::{ConnId, Error, Handler, SendStatus, Stats, Upgrade, Upgrading};
+pub use api::{ConnId, Error, Handler, Response, SendStatus, Stats, Upgrade, Upgrading};
+pub use config::ProxyProtocol;
 pub use config::{Backend, ConfigError, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
 pub use ringside_proto as proto;
+pub use ringside_proto::edge::{ForwardedHeader, TrustedProxies};
 pub use ringside_proto::handshake::Request;
 pub use ringside_proto::{CloseCode, Message};
 pub use runtime::handle::{Ctx, WebSocket};

@@ -15,6 +15,7 @@ use ringside::{
     Backend, Handler, Message, Server, Settings, SlowConsumer, TopicPolicy, TopicRule, WebSocket,
     Workers,
 };
+use ringside::{ForwardedHeader, ProxyProtocol, TrustedProxies};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,6 +114,40 @@ struct Args {
     /// slow consumers closed) to stderr every this many seconds; 0: never.
     #[arg(long, default_value_t = 0)]
     metrics: u64,
+    /// Proxies whose forwarding headers and PROXY headers are believed, comma-separated
+    /// addresses or ranges, IPv4 and IPv6: 127.0.0.1/32,10.0.0.0/8,fd00::/8. Empty: nobody.
+    #[arg(long, default_value = "", value_parser = TrustedProxies::parse_list)]
+    trusted_proxies: TrustedProxies,
+    /// Forwarding headers read from a trusted proxy, in order (the first present is used):
+    /// x-forwarded-for, forwarded, x-real-ip. List only headers every trusted proxy sets.
+    #[arg(long, default_value = "x-forwarded-for", value_parser = parse_header_order)]
+    forwarded_headers: HeaderOrder,
+    /// Answer 400 to a trusted proxy's upgrade request that names no usable client.
+    #[arg(long)]
+    require_forwarded: bool,
+    /// PROXY protocol (v1 and v2) header before each request: off, optional (trusted proxies
+    /// may send one) or required (every connection; with --trusted-proxies, only from them).
+    #[arg(long, value_enum, default_value = "off")]
+    proxy_protocol: ProxyArg,
+    /// Log one line per upgrade attempt (target ringside::access): client, TCP peer, path,
+    /// status, subprotocol, user agent.
+    #[arg(long)]
+    access_log: bool,
+}
+
+/// `--forwarded-headers`, parsed whole (clap would split a plain `Vec`).
+#[derive(Debug, Clone)]
+struct HeaderOrder(Vec<ForwardedHeader>);
+
+fn parse_header_order(s: &str) -> Result<HeaderOrder, String> {
+    ForwardedHeader::parse_list(s).map(HeaderOrder).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProxyArg {
+    Off,
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,7 +160,12 @@ enum LogFormat {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -281,6 +321,15 @@ fn run(args: Args) -> io::Result<()> {
         max_connections_per_worker: args.max_connections_per_worker,
         reuse_port: args.reuse_port,
         health_path: (!args.health_path.is_empty()).then(|| args.health_path.clone()),
+        trusted_proxies: args.trusted_proxies.clone(),
+        forwarded_headers: args.forwarded_headers.0.clone(),
+        require_forwarded: args.require_forwarded,
+        proxy_protocol: match args.proxy_protocol {
+            ProxyArg::Off => ProxyProtocol::Off,
+            ProxyArg::Optional => ProxyProtocol::Optional,
+            ProxyArg::Required => ProxyProtocol::Required,
+        },
+        access_log: args.access_log,
         ..Settings::default()
     };
     settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -317,6 +366,15 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         s.slow_consumer,
         s.idle_timeout.as_secs(),
     );
+    if !s.trusted_proxies.is_empty() || s.proxy_protocol != ProxyProtocol::Off {
+        let headers: Vec<&str> = s.forwarded_headers.iter().map(|h| h.name()).collect();
+        eprintln!(
+            "ringside: trusted proxies [{}], forwarding headers [{}], PROXY protocol {:?}",
+            s.trusted_proxies,
+            headers.join(","),
+            s.proxy_protocol,
+        );
+    }
     if backend == "epoll" && fd_limit < 100_000 {
         eprintln!(
             "ringside: warning: epoll uses one process fd per connection; this process can hold \

@@ -11,10 +11,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringside_proto::edge::{ForwardedHeader, TrustedProxies};
 use ringside_proto::frame::{self, OpCode};
 use ringside_proto::{CloseCode, Message};
 
 use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
+use crate::config::ProxyProtocol;
 use crate::config::{Backend, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
 use crate::runtime::handle::Ctx;
 use crate::runtime::worker::Core;
@@ -141,6 +143,22 @@ impl Builder {
     {
         let prepared = runtime::prepare(self.settings)?;
         Ok(Running { prepared, factory, _handler: std::marker::PhantomData })
+    }
+}
+
+/// The deployment edge: proxies and the access log.
+impl Builder {
+    setter! {
+        /// Proxies whose forwarding and PROXY headers are believed.
+        trusted_proxies: TrustedProxies,
+        /// Forwarding headers read from trusted proxies, in order.
+        forwarded_headers: Vec<ForwardedHeader>,
+        /// Refuse (400) a trusted proxy's request that names no usable client.
+        require_forwarded: bool,
+        /// Whether connections start with a PROXY protocol header.
+        proxy_protocol: ProxyProtocol,
+        /// Log every upgrade attempt (target `ringside::access`).
+        access_log: bool,
     }
 }
 

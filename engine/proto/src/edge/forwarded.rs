@@ -155,6 +155,10 @@ pub struct Resolved {
     pub header: Option<ForwardedHeader>,
     /// Why the walk stopped early, if it did.
     pub problem: Option<HeaderProblem>,
+    /// The port the hop that gave [`Resolved::addr`] named, when `source` is a header and the
+    /// hop carried a numeric port (`1.2.3.4:5678`, `for="[2001:db8::1]:4711"`); `None` for a
+    /// hop without one, an RFC 7239 obfuscated port (`_abc`), or the TCP peer.
+    pub port: Option<u16>,
 }
 
 /// Finds the client's address.
@@ -185,6 +189,7 @@ pub fn resolve<'h>(
         peer_trusted: trusted.contains(tcp_peer),
         header: None,
         problem: None,
+        port: None,
     };
     if !out.peer_trusted || order.is_empty() {
         return out;
@@ -204,7 +209,7 @@ pub fn resolve<'h>(
     }
 
     // Keep the last MAX_HOPS hops, which are all the walk can reach.
-    let mut ring = [Hop::Unknown; MAX_HOPS];
+    let mut ring = [(Hop::Unknown, None); MAX_HOPS];
     let mut total = 0usize;
     let mut keep = |hop| {
         ring[total % MAX_HOPS] = hop;
@@ -213,27 +218,30 @@ pub fn resolve<'h>(
     let stored = &lines.values[k][..lines.count[k]];
     match kind {
         ForwardedHeader::XForwardedFor => {
-            stored.iter().flat_map(|&v| x_forwarded_for(v)).for_each(&mut keep)
+            stored.iter().flat_map(|&v| x_forwarded_for_nodes(v)).for_each(&mut keep)
         }
-        ForwardedHeader::Forwarded => stored.iter().flat_map(|&v| forwarded(v)).for_each(&mut keep),
-        ForwardedHeader::XRealIp if stored.len() > 1 => keep(Hop::Malformed),
-        ForwardedHeader::XRealIp => keep(x_real_ip(stored[0])),
+        ForwardedHeader::Forwarded => {
+            stored.iter().flat_map(|&v| forwarded_nodes(v)).for_each(&mut keep)
+        }
+        ForwardedHeader::XRealIp if stored.len() > 1 => keep((Hop::Malformed, None)),
+        ForwardedHeader::XRealIp => keep(x_real_ip_node(stored[0])),
     }
 
     for i in 0..total.min(MAX_HOPS) {
         match ring[(total - 1 - i) % MAX_HOPS] {
-            Hop::Addr(ip) => {
+            (Hop::Addr(ip), port) => {
                 out.addr = ip;
+                out.port = port;
                 out.source = Source::Header(kind);
                 if !trusted.contains(ip) {
                     return out;
                 }
             }
-            Hop::Unknown => {
+            (Hop::Unknown, _) => {
                 out.problem = Some(HeaderProblem::UnknownHop);
                 return out;
             }
-            Hop::Malformed => {
+            (Hop::Malformed, _) => {
                 out.problem = Some(HeaderProblem::MalformedHop);
                 return out;
             }
@@ -268,6 +276,13 @@ impl<'h> Lines<'h> {
 
 /// The hops of one `X-Forwarded-For` value, left to right; empty list elements are skipped.
 pub fn x_forwarded_for(value: &[u8]) -> impl Iterator<Item = Hop> + '_ {
+    x_forwarded_for_nodes(value).map(|(hop, _)| hop)
+}
+
+/// A hop and the numeric port it named, if any.
+type Node = (Hop, Option<u16>);
+
+fn x_forwarded_for_nodes(value: &[u8]) -> impl Iterator<Item = Node> + '_ {
     value.split(|&b| b == b',').map(trim).filter(|e| !e.is_empty()).map(|e| node(e, false))
 }
 
@@ -276,6 +291,10 @@ pub fn x_forwarded_for(value: &[u8]) -> impl Iterator<Item = Hop> + '_ {
 /// [`Hop::Unknown`]); other parameters are checked for syntax and ignored. Commas and semicolons
 /// inside quoted strings do not split.
 pub fn forwarded(value: &[u8]) -> impl Iterator<Item = Hop> + '_ {
+    forwarded_nodes(value).map(|(hop, _)| hop)
+}
+
+fn forwarded_nodes(value: &[u8]) -> impl Iterator<Item = Node> + '_ {
     QuoteAwareSplit { rest: Some(value), sep: b',' }
         .map(trim)
         .filter(|e| !e.is_empty())
@@ -284,22 +303,27 @@ pub fn forwarded(value: &[u8]) -> impl Iterator<Item = Hop> + '_ {
 
 /// The address of an `X-Real-IP` value (one address, in the forms `X-Forwarded-For` allows).
 pub fn x_real_ip(value: &[u8]) -> Hop {
+    x_real_ip_node(value).0
+}
+
+fn x_real_ip_node(value: &[u8]) -> Node {
     match trim(value) {
-        [] => Hop::Malformed,
+        [] => (Hop::Malformed, None),
         v => node(v, false),
     }
 }
 
-fn forwarded_element(element: &[u8]) -> Hop {
+fn forwarded_element(element: &[u8]) -> Node {
+    const MALFORMED: Node = (Hop::Malformed, None);
     let mut hop = None;
     for pair in (QuoteAwareSplit { rest: Some(element), sep: b';' }).map(trim) {
         if pair.is_empty() {
             continue; // RFC 7239 grammar: `[ forwarded-pair ] *( ";" [ forwarded-pair ] )`
         }
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else { return Hop::Malformed };
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else { return MALFORMED };
         let (name, value) = (&pair[..eq], &pair[eq + 1..]);
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Hop::Malformed;
+            return MALFORMED;
         }
         let mut buf = [0u8; 64];
         let text: &[u8] = if value.first() == Some(&b'"') {
@@ -307,30 +331,31 @@ fn forwarded_element(element: &[u8]) -> Hop {
                 Some(n) if n <= buf.len() => &buf[..n],
                 // Too long for a node; fine for any other parameter.
                 Some(_) if !name.eq_ignore_ascii_case(b"for") => &[],
-                _ => return Hop::Malformed,
+                _ => return MALFORMED,
             }
         } else if !value.is_empty() && value.iter().all(|&b| is_tchar(b)) {
             value
         } else {
-            return Hop::Malformed;
+            return MALFORMED;
         };
         if name.eq_ignore_ascii_case(b"for") {
             if hop.is_some() {
-                return Hop::Malformed; // RFC 7239 section 4: a parameter at most once
+                return MALFORMED; // RFC 7239 section 4: a parameter at most once
             }
             hop = Some(node(text, true));
         }
     }
-    hop.unwrap_or(Hop::Unknown)
+    hop.unwrap_or((Hop::Unknown, None))
 }
 
 /// Parses a node: `1.2.3.4`, `1.2.3.4:80`, `[v6]`, `[v6]:80`, `unknown` (with an optional
 /// port), and either a bare IPv6 address (`X-Forwarded-For`, `X-Real-IP`) or an obfuscated
-/// identifier and port (`Forwarded`, RFC 7239 section 6).
-fn node(t: &[u8], rfc7239: bool) -> Hop {
+/// identifier and port (`Forwarded`, RFC 7239 section 6). The port is given when it is a number.
+fn node(t: &[u8], rfc7239: bool) -> Node {
+    const MALFORMED: Node = (Hop::Malformed, None);
     let colons = t.iter().filter(|&&b| b == b':').count();
     let (host, port) = if t.first() == Some(&b'[') {
-        let Some(close) = t.iter().position(|&b| b == b']') else { return Hop::Malformed };
+        let Some(close) = t.iter().position(|&b| b == b']') else { return MALFORMED };
         t.split_at(close + 1)
     } else if colons == 1 {
         t.split_at(t.iter().position(|&b| b == b':').unwrap_or(t.len()))
@@ -338,20 +363,23 @@ fn node(t: &[u8], rfc7239: bool) -> Hop {
         // No port: an IPv4 address or name, or a bare IPv6 address.
         (t, &[][..])
     };
+    let mut number = None;
     if let Some(port) = port.strip_prefix(b":") {
         let digits = !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
-        let number_ok =
-            digits && port.iter().fold(0u32, |v, d| v * 10 + u32::from(d - b'0')) <= 65535;
-        if !(number_ok || rfc7239 && is_obfuscated(port)) {
-            return Hop::Malformed;
+        // At most five digits: the fold cannot overflow.
+        number = digits
+            .then(|| port.iter().fold(0u32, |v, d| v * 10 + u32::from(d - b'0')))
+            .and_then(|v| u16::try_from(v).ok());
+        if number.is_none() && !(rfc7239 && is_obfuscated(port)) {
+            return MALFORMED;
         }
     } else if !port.is_empty() {
-        return Hop::Malformed;
+        return MALFORMED;
     }
     if host.eq_ignore_ascii_case(b"unknown") || rfc7239 && is_obfuscated(host) {
-        return Hop::Unknown;
+        return (Hop::Unknown, None);
     }
-    let Ok(text) = std::str::from_utf8(host) else { return Hop::Malformed };
+    let Ok(text) = std::str::from_utf8(host) else { return MALFORMED };
     let addr = if let Some(inner) = text.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         inner.parse::<Ipv6Addr>().map(IpAddr::V6).ok()
     } else if text.contains(':') {
@@ -360,7 +388,7 @@ fn node(t: &[u8], rfc7239: bool) -> Hop {
     } else {
         text.parse::<Ipv4Addr>().map(IpAddr::V4).ok()
     };
-    addr.map_or(Hop::Malformed, |a| Hop::Addr(a.to_canonical()))
+    addr.map_or(MALFORMED, |a| (Hop::Addr(a.to_canonical()), number))
 }
 
 /// RFC 7239 section 6.3: `"_" 1*( ALPHA / DIGIT / "." / "_" / "-" )`.
@@ -728,5 +756,33 @@ mod tests {
         assert_eq!(summary(&run("10.0.0.1", &lines, &[Xff])), "10.0.0.1 peer xff TooLarge");
         let r = run("10.0.0.1", &lines[..MAX_HEADER_LINES], &[Xff]);
         assert_eq!(summary(&r), "1.2.3.4 xff xff -");
+    }
+
+    #[test]
+    fn ports() {
+        let port = |name: &str, value: &str| run("10.0.0.1", &[(name, value)], &[Xff, Fwd, Xri]);
+        let table: &[(&str, &str, &str, Option<u16>)] = &[
+            ("X-Forwarded-For", "1.2.3.4:5678", "1.2.3.4", Some(5678)),
+            ("X-Forwarded-For", "1.2.3.4", "1.2.3.4", None),
+            ("X-Forwarded-For", "[2001:db8::1]:65535", "2001:db8::1", Some(65535)),
+            ("X-Forwarded-For", "2001:db8::1", "2001:db8::1", None),
+            ("X-Forwarded-For", "1.2.3.4:0", "1.2.3.4", Some(0)),
+            // The port of the hop that is the answer, not of the ones skipped.
+            ("X-Forwarded-For", "1.2.3.4:80, 10.0.0.2:81", "1.2.3.4", Some(80)),
+            ("X-Forwarded-For", "1.2.3.4, 10.0.0.2:81", "1.2.3.4", None),
+            ("X-Forwarded-For", "bad, 10.0.0.2:81", "10.0.0.2", Some(81)),
+            ("X-Forwarded-For", "1.2.3.4:99999", "10.0.0.1", None),
+            ("Forwarded", "for=\"192.0.2.43:47011\"", "192.0.2.43", Some(47011)),
+            ("Forwarded", "for=\"[2001:db8:cafe::17]:4711\"", "2001:db8:cafe::17", Some(4711)),
+            ("Forwarded", "for=\"[::2]:_port\"", "::2", None),
+            ("Forwarded", "for=192.0.2.43", "192.0.2.43", None),
+            ("X-Real-IP", "[::2]:80", "::2", Some(80)),
+        ];
+        for &(name, value, addr, want) in table {
+            let r = port(name, value);
+            assert_eq!((r.addr.to_string().as_str(), r.port), (addr, want), "{name}: {value}");
+        }
+        // The TCP peer's port is the caller's to know.
+        assert_eq!(run("203.0.113.9", &[("X-Forwarded-For", "1.2.3.4:80")], &[Xff]).port, None);
     }
 }

@@ -4,7 +4,9 @@
 //! so far (at a cost linear in them however they arrive; [`parse_request`] parses from scratch),
 //! [`validate`] applies the checks of section 4.2.1 and chooses a subprotocol, and
 //! [`Accept::write_response`] writes the `101 Switching Protocols` answer. A rejection is an
-//! [`Error`] whose [`Error::http_response`] is the answer to send instead.
+//! [`Error`] whose [`Error::http_response`] is the answer to send instead. An application that
+//! shapes the answer itself (a `401` with `WWW-Authenticate`, a `Set-Cookie` on the `101`) uses
+//! [`write_refusal`] and [`Accept::write_response_with`], which refuse header injection.
 //!
 //! Client side (the load generator, tests): [`generate_key`], [`write_client_request`] and
 //! [`parse_response`] with the checks of section 4.1.
@@ -23,6 +25,7 @@ mod client;
 mod extensions;
 mod headers;
 mod request;
+mod response;
 mod server;
 #[cfg(test)]
 mod test_util;
@@ -30,6 +33,7 @@ mod test_util;
 pub use client::{generate_key, parse_response, write_client_request, ClientAccepted};
 pub use extensions::{parse_extensions, ExtensionOffer};
 pub use request::{head_end, parse_request, parse_request_incremental, Request};
+pub use response::{check_field, write_refusal, FieldError};
 pub use server::{accept_key, validate, Accept};
 
 /// The most header fields a request (or a response, client side) may carry.

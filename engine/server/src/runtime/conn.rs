@@ -31,6 +31,10 @@ pub(crate) struct Pending {
     /// The part of the request received so far (empty while every read held a whole head).
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
+    /// A PROXY protocol header is still expected before the request.
+    pub awaiting_proxy: bool,
+    /// The client a PROXY header named: the request's sender, when a proxy relays it.
+    pub proxied: Option<SocketAddr>,
 }
 
 /// An open connection: the protocol state, and what its handle may touch while a message
@@ -45,7 +49,11 @@ pub(crate) struct Open<C> {
 #[derive(Debug)]
 pub(crate) struct App<C> {
     pub data: C,
+    /// The client's address (behind trusted proxies, the one they named).
     pub peer: SocketAddr,
+    /// The TCP peer, kept only when it differs from `peer` (a proxy's): a direct connection
+    /// pays one word for it.
+    pub tcp_peer: Option<Box<SocketAddr>>,
     /// The request target when it was not plain `/` (path and query).
     pub target: Option<Box<str>>,
     /// Index of the chosen subprotocol in the settings (`u8::MAX`: none).
@@ -108,7 +116,12 @@ pub(crate) struct Conn<C> {
 impl<C> Conn<C> {
     pub fn new(now: u32, generation: u32, peer: SocketAddr) -> Self {
         Conn {
-            phase: Phase::Handshake(Box::new(Pending { buf: Vec::new(), peer })),
+            phase: Phase::Handshake(Box::new(Pending {
+                buf: Vec::new(),
+                peer,
+                awaiting_proxy: false,
+                proxied: None,
+            })),
             io: Io { last_rx: now, generation, ..Io::default() },
         }
     }

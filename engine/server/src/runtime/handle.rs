@@ -195,9 +195,15 @@ impl<'a, C> WebSocket<'a, C> {
         &mut self.app.data
     }
 
-    /// The client's address (the TCP peer).
+    /// The client's address: the TCP peer's, unless a trusted proxy named the client (see
+    /// [`Upgrading::peer_addr`](crate::Upgrading::peer_addr)).
     pub fn peer_addr(&self) -> SocketAddr {
         self.app.peer
+    }
+
+    /// The address of the TCP connection's other end (the proxy, behind one).
+    pub fn tcp_peer_addr(&self) -> SocketAddr {
+        self.app.tcp_peer.as_deref().copied().unwrap_or(self.app.peer)
     }
 
     /// The path of the upgrade request, without the query.

@@ -4,9 +4,10 @@
 //! A head that arrives in pieces is searched for its end once per byte, not re-parsed per read:
 //! the parser runs once, when the blank line is there (or the head passed the size limit).
 
-use ringside_proto::handshake;
+use ringside_proto::handshake::{self, write_refusal, FieldError};
 use ringside_proto::{Connection, Error, Role};
 
+use super::edge::{self, ProxyStage, Unnamed};
 use super::Core;
 use crate::api::{Handler, Upgrade, Upgrading};
 use crate::runtime::conn::{flag, App, Open, Phase};
@@ -22,8 +23,15 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 impl<H: Handler> Core<H> {
-    /// Bytes of the upgrade request.
+    /// Bytes of the upgrade request (after the PROXY header, when one is expected).
     pub(super) fn on_handshake_data(&mut self, id: usize, data: &mut [u8]) {
+        let data = match self.proxy_stage(id, data) {
+            ProxyStage::Wait => return,
+            ProxyStage::Rest(skip) => &mut data[skip..],
+            // The header ended inside buffered bytes: the rest is a fresh start (once: the
+            // stage is over).
+            ProxyStage::Moved(mut rest) => return self.on_handshake_data(id, &mut rest),
+        };
         let max = self.handshake.max_head_bytes;
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Phase::Handshake(pending) = &mut conn.phase else { return };
@@ -39,23 +47,57 @@ impl<H: Handler> Core<H> {
                 None => &mut pending.buf,
             }
         };
-        let peer = pending.peer;
+        let tcp_peer = pending.peer;
+        // Who sent the request: the client a trusted PROXY header named, else the TCP peer.
+        let sender = pending.proxied.unwrap_or(tcp_peer);
+        let settings = &self.local.settings;
+        let mut client = sender;
         let (reply, head_len, accepted) = match handshake::parse_request(whole, &self.handshake) {
-            // A blank line is there, so the parser cannot want more: refuse rather than wait.
-            Ok(None) => {
-                let e = Error::MalformedRequest("incomplete request head");
-                (e.http_response().unwrap_or_default(), 0, None)
-            }
             Ok(Some(req)) => {
                 let head_len = req.head_len();
-                match handshake::validate(&req, &self.handshake) {
-                    Ok(accept) => {
-                        let upgrading =
-                            Upgrading { request: &req, peer, protocol: accept.protocol };
-                        match self.handler.on_upgrade(&upgrading) {
-                            Upgrade::Accept(data) => {
-                                let mut out = Vec::with_capacity(160);
-                                accept.write_response(None, &mut out);
+                // Resolved for every request that parsed: the access log names the client of
+                // a refused one too.
+                let named = edge::client_addr(settings, sender, &req);
+                let (Ok(addr) | Err(Unnamed(addr))) = named;
+                client = addr;
+                let (reply, accepted, protocol) = match handshake::validate(&req, &self.handshake) {
+                    Ok(accept) => match named {
+                        Err(_) if settings.require_forwarded => {
+                            (edge::unnamed_response(settings), None, None)
+                        }
+                        _ => {
+                            let upgrading = Upgrading {
+                                request: &req,
+                                peer: client,
+                                tcp_peer,
+                                protocol: accept.protocol,
+                            };
+                            let (reply, app) = match self.handler.on_upgrade(&upgrading) {
+                                Upgrade::Accept(data) => {
+                                    let mut out = Vec::with_capacity(160);
+                                    accept.write_response(None, &mut out);
+                                    (out, Some(data))
+                                }
+                                Upgrade::AcceptWith(data, headers) => {
+                                    let mut out = Vec::with_capacity(256);
+                                    match accept.write_response_with(None, &headers, &mut out) {
+                                        Ok(()) => (out, Some(data)),
+                                        Err(e) => (handler_fault(&e), None),
+                                    }
+                                }
+                                Upgrade::Reject(status) => {
+                                    let e = Error::Refused(status);
+                                    (e.http_response().unwrap_or_default(), None)
+                                }
+                                Upgrade::RejectWith(r) => {
+                                    let mut out = Vec::new();
+                                    match write_refusal(r.status, &r.headers, &r.body, &mut out) {
+                                        Ok(()) => (out, None),
+                                        Err(e) => (handler_fault(&e), None),
+                                    }
+                                }
+                            };
+                            let app = app.map(|data| {
                                 let protocol = accept
                                     .protocol
                                     .and_then(|p| {
@@ -63,31 +105,44 @@ impl<H: Handler> Core<H> {
                                     })
                                     .map_or(u8::MAX, |i| i.min(254) as u8);
                                 let target = req.target();
-                                let app = App {
+                                App {
                                     data,
-                                    peer,
+                                    peer: client,
+                                    tcp_peer: (tcp_peer != client).then(|| Box::new(tcp_peer)),
                                     target: (target != "/").then(|| target.into()),
                                     protocol,
                                     close_request: None,
-                                };
-                                (out, head_len, Some(app))
-                            }
-                            Upgrade::Reject(status) => {
-                                let e = Error::Refused(status);
-                                (e.http_response().unwrap_or_default(), 0, None)
-                            }
+                                }
+                            });
+                            (reply, app, accept.protocol)
                         }
-                    }
+                    },
                     Err(Error::NotUpgrade)
                         if req.method() == "GET"
-                            && self.local.settings.health_path.as_deref() == Some(req.path()) =>
+                            && settings.health_path.as_deref() == Some(req.path()) =>
                     {
-                        (HEALTH_OK.to_vec(), 0, None)
+                        (HEALTH_OK.to_vec(), None, None)
                     }
-                    Err(e) => (e.http_response().unwrap_or_default(), 0, None),
+                    Err(e) => (e.http_response().unwrap_or_default(), None, None),
+                };
+                if settings.access_log {
+                    edge::access_log(client, tcp_peer, Some(&req), protocol, &reply);
                 }
+                (reply, head_len, accepted)
             }
-            Err(e) => (e.http_response().unwrap_or_default(), 0, None),
+            unparsed => {
+                let e = match unparsed {
+                    // A blank line is there, so the parser cannot want more: refuse rather than
+                    // wait.
+                    Ok(_) => Error::MalformedRequest("incomplete request head"),
+                    Err(e) => e,
+                };
+                let reply = e.http_response().unwrap_or_default();
+                if settings.access_log {
+                    edge::access_log(client, tcp_peer, None, None, &reply);
+                }
+                (reply, 0, None)
+            }
         };
         // Bytes after the head are the first frames (a client may pipeline them).
         let rest = match &accepted {
@@ -111,6 +166,15 @@ impl<H: Handler> Core<H> {
             self.on_frames(id, &mut rest);
         }
     }
+}
+
+/// The 500 for a handler's response that cannot be written, and the error log that says why.
+fn handler_fault(e: &FieldError) -> Vec<u8> {
+    tracing::error!(target: "ringside", error = %e, "on_upgrade returned an invalid response; answered 500");
+    let mut out = Vec::new();
+    let no_headers: &[(&str, &str)] = &[];
+    let _ = write_refusal(500, no_headers, b"internal error\n", &mut out);
+    out
 }
 
 #[cfg(test)]

@@ -11,17 +11,21 @@
 //!
 //! Each behaviour has its own file: `handshake` (the upgrade), `frames` (messages and the
 //! protocol's output), `close` (closing, timeouts, shutdown), `timers` (application timers and
-//! the tick), `fanout` (broadcasts, publishes, commands from other threads).
+//! the tick), `fanout` (broadcasts, publishes, commands from other threads), `edge` (the PROXY
+//! header, the client's address behind trusted proxies, the access log).
 //!
 //! The clock is injected: [`turn`] reads the time the caller set, so tests drive a worker with
 //! a fake backend and a fake clock, without sockets or sleeps.
 
 mod close;
+mod edge;
 mod fanout;
 mod frames;
 mod handshake;
 pub(crate) mod timers;
 
+#[cfg(test)]
+mod edge_tests;
 #[cfg(test)]
 mod tests;
 
@@ -197,7 +201,12 @@ impl<H: Handler> Driver for Core<H> {
         }
         self.generation = self.generation.wrapping_add(1);
         let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        Some(self.conns.insert(Conn::new(self.local.now, self.generation, peer)))
+        if !self.admit(peer) {
+            return None;
+        }
+        let id = self.conns.insert(Conn::new(self.local.now, self.generation, peer));
+        self.expect_proxy(id);
+        Some(id)
     }
 
     fn on_data(&mut self, id: usize, data: &mut [u8]) {
