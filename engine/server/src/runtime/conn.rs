@@ -31,6 +31,8 @@ pub(crate) struct Pending {
     /// The part of the request received so far (empty while every read held a whole head).
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
+    /// Bytes of the worker's input budget `buf` holds, as last counted (see `worker::input`).
+    pub charged: usize,
 }
 
 /// An open connection: the protocol state, and what its handle may touch while a message
@@ -39,6 +41,37 @@ pub(crate) struct Pending {
 pub(crate) struct Open<C> {
     pub proto: Connection,
     pub app: App<C>,
+    pub input: Input,
+}
+
+/// What the worker keeps about an open connection's input: its share of the worker's input
+/// budget and of each loop iteration, and its clocks for unfinished messages and control
+/// frames (see `worker::input`). 40 bytes, in the box, not in the slab entry.
+#[derive(Debug, Default)]
+pub(crate) struct Input {
+    /// Bytes received but not parsed yet, because the connection used up its share of a loop
+    /// iteration: parsed before anything newer, in the next iterations. Only while throttled.
+    pub stash: Option<Box<Stash>>,
+    /// Bytes of the worker's input budget this connection holds, as last counted.
+    pub charged: usize,
+    /// Worker clock when the message being received started (0: none; set values have the low
+    /// bit set).
+    pub message_since: u32,
+    /// The loop iteration `frames` and `bytes` count for.
+    pub turn: u32,
+    /// Frames handed to the handler, and bytes parsed, in that iteration.
+    pub frames: u32,
+    pub bytes: u32,
+    /// Start of the current one-second window of control frames, and how many came in it.
+    pub control_since: u32,
+    pub controls: u32,
+}
+
+/// Bytes waiting to be parsed: `buf[pos..]`.
+#[derive(Debug, Default)]
+pub(crate) struct Stash {
+    pub buf: Vec<u8>,
+    pub pos: usize,
 }
 
 /// The application's side of an open connection.
@@ -68,6 +101,8 @@ pub(crate) mod flag {
     pub const IDLE_PINGED: u8 = 1 << 4;
     /// The peer is gone (the backend reported a hang-up).
     pub const HUNG_UP: u8 = 1 << 5;
+    /// Used up its share of a loop iteration: bytes wait in its stash, reading is paused.
+    pub const THROTTLED: u8 = 1 << 6;
 }
 
 /// The I/O side of a connection.
@@ -108,7 +143,7 @@ pub(crate) struct Conn<C> {
 impl<C> Conn<C> {
     pub fn new(now: u32, generation: u32, peer: SocketAddr) -> Self {
         Conn {
-            phase: Phase::Handshake(Box::new(Pending { buf: Vec::new(), peer })),
+            phase: Phase::Handshake(Box::new(Pending { buf: Vec::new(), peer, charged: 0 })),
             io: Io { last_rx: now, generation, ..Io::default() },
         }
     }

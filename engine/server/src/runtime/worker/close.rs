@@ -16,6 +16,8 @@ enum Sweep {
     Drop,
     Idle,
     Ping,
+    /// A message started longer than `message_timeout` ago and has not finished.
+    Message,
 }
 
 impl<H: Handler> Core<H> {
@@ -62,13 +64,14 @@ impl<H: Handler> Core<H> {
     /// Drops a connection that timed out: `on_close` (1006), then a hard close.
     fn drop_conn(&mut self, id: usize, reason: &str) {
         self.report_close(id, CloseCode::ABNORMAL, reason);
+        self.release_input(id);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Done;
         }
         self.request_close(id, true);
     }
 
-    /// Every 250 ms: handshake, idle and close timeouts.
+    /// Every 250 ms: handshake, idle, message and close timeouts.
     pub(super) fn sweep(&mut self) {
         let s = &self.local.settings;
         let now = self.local.now;
@@ -76,6 +79,7 @@ impl<H: Handler> Core<H> {
         let handshake = ms(s.handshake_timeout);
         let idle = ms(s.idle_timeout);
         let close = ms(s.close_timeout);
+        let message = ms(s.message_timeout);
         let ping_idle = s.ping_idle;
         let mut expired = Vec::new();
         for (id, conn) in &self.conns {
@@ -88,6 +92,14 @@ impl<H: Handler> Core<H> {
             } else {
                 match &conn.phase {
                     Phase::Handshake(_) => (since_rx >= handshake).then_some(Sweep::Drop),
+                    // Not while the server itself holds the rest back (reading paused).
+                    Phase::Open(o)
+                        if o.input.message_since != 0
+                            && !io.has(flag::OVER_HIGH_WATER | flag::THROTTLED)
+                            && now.wrapping_sub(o.input.message_since) >= message =>
+                    {
+                        Some(Sweep::Message)
+                    }
                     Phase::Open(_) if since_rx >= idle => Some(Sweep::Idle),
                     Phase::Open(_)
                         if ping_idle && since_rx >= idle / 2 && !io.has(flag::IDLE_PINGED) =>
@@ -105,6 +117,7 @@ impl<H: Handler> Core<H> {
             match action {
                 Sweep::Drop => self.drop_conn(id, "timed out"),
                 Sweep::Idle => self.close_with(id, CloseCode::NORMAL, "idle timeout"),
+                Sweep::Message => self.fail_input(id, CloseCode::POLICY, "message timeout"),
                 Sweep::Ping => {
                     self.callback(id, |_, ws| {
                         let _ = ws.ping(b"");
