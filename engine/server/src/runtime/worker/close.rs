@@ -87,8 +87,10 @@ impl<H: Handler> Core<H> {
             // For a connection still in its handshake, `last_rx` is the time of accept: the
             // whole request must arrive within the timeout, however it trickles (slowloris).
             let since_rx = now.wrapping_sub(io.last_rx);
+            // Set timestamps carry a low bit that is not time: without it, one set in this
+            // millisecond at an even `now` would be one ahead of `now` and look 49 days old.
             let action = if io.closing_since != 0 {
-                (now.wrapping_sub(io.closing_since) >= close).then_some(Sweep::Drop)
+                (now.wrapping_sub(io.closing_since & !1) >= close).then_some(Sweep::Drop)
             } else {
                 match &conn.phase {
                     Phase::Handshake(_) => (since_rx >= handshake).then_some(Sweep::Drop),
@@ -96,7 +98,7 @@ impl<H: Handler> Core<H> {
                     Phase::Open(o)
                         if o.input.message_since != 0
                             && !io.has(flag::OVER_HIGH_WATER | flag::THROTTLED)
-                            && now.wrapping_sub(o.input.message_since) >= message =>
+                            && now.wrapping_sub(o.input.message_since & !1) >= message =>
                     {
                         Some(Sweep::Message)
                     }

@@ -282,3 +282,30 @@ fn what_input_adds_per_connection_stays_in_the_box() {
     assert!(std::mem::size_of::<Input>() <= 40, "{}", std::mem::size_of::<Input>());
     assert!(std::mem::size_of::<Conn<()>>() <= 40, "{}", std::mem::size_of::<Conn<()>>());
 }
+
+#[test]
+fn a_clock_set_in_the_millisecond_of_a_sweep_is_not_ancient() {
+    // Timestamps are stored with their low bit set; at an even millisecond that is one ahead
+    // of the clock, which must not read as a wrapped, 49-day-old time.
+    let s = Settings {
+        max_buffered_input: 10_000,
+        max_message_size: 10_000,
+        max_frame_size: 10_000,
+        ..Settings::default()
+    };
+    let mut rig = Rig::new(s, Echo::default());
+    let id = rig.open(peer(1), "/");
+    let holder = rig.open(peer(2), "/");
+    let refused = rig.open(peer(3), "/");
+    let big = frame(true, OpCode::Binary, &[0; 9_000]);
+    rig.data(holder, &big[..6_000]);
+    rig.advance(240);
+    rig.now = 250; // the next sweep, at an even millisecond
+    rig.fake.script.push_back(Ev::Data(id, frame(true, OpCode::Text, b"started")[..5].to_vec()));
+    rig.fake.script.push_back(Ev::Data(refused, big[..6_000].to_vec()));
+    rig.turn();
+    assert_eq!(rig.core.handler.log.len(), 1, "{:?}", rig.core.handler.log);
+    assert!(rig.core.handler.log[0].starts_with("close 1013"), "{:?}", rig.core.handler.log);
+    assert!(rig.received(id).is_empty(), "the message just started: not timed out");
+    assert_eq!(rig.fake.closed, [(refused, false)], "closing just began: no hard close");
+}
