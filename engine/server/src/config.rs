@@ -135,12 +135,13 @@ pub struct Settings {
     /// closed with 1008. Checked every 250 ms. Default 30 s.
     pub message_timeout: Duration,
     /// Most frames (messages and control frames) handed to the handler per connection per
-    /// loop iteration; the rest wait for the next iteration, reading paused. Default 64.
+    /// loop iteration (1 to 65,535); the rest wait for the next iteration, reading paused.
+    /// Default 64.
     pub read_budget_frames: u32,
     /// Most bytes parsed per connection per loop iteration, likewise. Default 256 KiB.
     pub read_budget_bytes: usize,
-    /// Most pings and pongs a connection may send per second (1008 beyond); 0: no limit.
-    /// Default 1000.
+    /// Most pings and pongs a connection may send per second (1008 beyond), up to 65,535; 0:
+    /// no limit. Default 1000.
     pub max_control_rate: u32,
 }
 
@@ -246,8 +247,14 @@ impl Settings {
             );
             return err("max_buffered_input", "--max-buffered-input", why);
         }
-        if self.read_budget_frames == 0 {
-            return err("read_budget_frames", "--read-budget-frames", "must be at least 1".into());
+        if self.read_budget_frames == 0 || self.read_budget_frames > 65_535 {
+            let why = format!("{} is outside 1 to 65535", self.read_budget_frames);
+            return err("read_budget_frames", "--read-budget-frames", why);
+        }
+        if self.max_control_rate > 65_535 {
+            let why =
+                format!("{} is more than 65535 (0 turns the limit off)", self.max_control_rate);
+            return err("max_control_rate", "--max-control-rate", why);
         }
         if self.read_budget_bytes == 0 {
             return err("read_budget_bytes", "--read-budget-bytes", "must be at least 1".into());
@@ -334,6 +341,8 @@ mod tests {
             (Settings { message_timeout: Duration::ZERO, ..base() }, "--message-timeout"),
             (Settings { max_buffered_input: 1000, ..base() }, "--max-buffered-input"),
             (Settings { read_budget_frames: 0, ..base() }, "--read-budget-frames"),
+            (Settings { read_budget_frames: 70_000, ..base() }, "--read-budget-frames"),
+            (Settings { max_control_rate: 70_000, ..base() }, "--max-control-rate"),
             (Settings { read_budget_bytes: 0, ..base() }, "--read-budget-bytes"),
             (Settings { tick: Some(Duration::from_micros(10)), ..base() }, "--tick-ms"),
             (Settings { ring_entries: 1000, ..base() }, "--ring-entries"),

@@ -32,7 +32,7 @@ pub(crate) struct Pending {
     pub buf: Vec<u8>,
     pub peer: SocketAddr,
     /// Bytes of the worker's input budget `buf` holds, as last counted (see `worker::input`).
-    pub charged: usize,
+    pub charged: u32,
 }
 
 /// An open connection: the protocol state, and what its handle may touch while a message
@@ -46,25 +46,28 @@ pub(crate) struct Open<C> {
 
 /// What the worker keeps about an open connection's input: its share of the worker's input
 /// budget and of each loop iteration, and its clocks for unfinished messages and control
-/// frames (see `worker::input`). 40 bytes, in the box, not in the slab entry.
+/// frames (see `worker::input`). 32 bytes, in the box, not in the slab entry.
 #[derive(Debug, Default)]
 pub(crate) struct Input {
     /// Bytes received but not parsed yet, because the connection used up its share of a loop
     /// iteration: parsed before anything newer, in the next iterations. Only while throttled.
     pub stash: Option<Box<Stash>>,
-    /// Bytes of the worker's input budget this connection holds, as last counted.
-    pub charged: usize,
+    /// Bytes of the worker's input budget this connection holds, as last counted (saturated at
+    /// 4 GiB: one connection's input is bounded far below that by the message size limit).
+    pub charged: u32,
     /// Worker clock when the message being received started (0: none; set values have the low
     /// bit set).
     pub message_since: u32,
-    /// The loop iteration `frames` and `bytes` count for.
-    pub turn: u32,
-    /// Frames handed to the handler, and bytes parsed, in that iteration.
-    pub frames: u32,
+    /// Bytes parsed in the loop iteration `turn` (wrapping: an iteration 65,536 back that
+    /// reads as this one only costs a share).
     pub bytes: u32,
-    /// Start of the current one-second window of control frames, and how many came in it.
+    /// Start of the current one-second window of control frames.
     pub control_since: u32,
-    pub controls: u32,
+    pub turn: u16,
+    /// Frames handed to the handler in iteration `turn`.
+    pub frames: u16,
+    /// Pings and pongs in the window.
+    pub controls: u16,
 }
 
 /// Bytes waiting to be parsed: `buf[pos..]`.

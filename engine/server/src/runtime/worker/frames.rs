@@ -46,7 +46,7 @@ impl<H: Handler> Core<H> {
                 Ok((n, Some(event))) => {
                     pos += n;
                     o.input.bytes = o.input.bytes.saturating_add(n as u32);
-                    o.input.frames += 1;
+                    o.input.frames = o.input.frames.saturating_add(1);
                     match event {
                         Event::Message(msg) => {
                             o.input.message_since = 0;

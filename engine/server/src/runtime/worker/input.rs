@@ -46,14 +46,14 @@ pub(crate) struct Inputs {
     /// This worker's share of `max_buffered_input`.
     pub limit: usize,
     /// The loop iteration, for the per-connection shares.
-    pub turn: u32,
+    pub turn: u16,
     /// Connections with a stash (an id may be stale: its flag says).
     pub throttled: Vec<usize>,
     /// Connections refused for lack of budget, so far.
     pub refused: u64,
-    frames: u32,
+    frames: u16,
     bytes: u32,
-    control_rate: u32,
+    control_rate: u16,
 }
 
 impl Inputs {
@@ -66,20 +66,22 @@ impl Inputs {
         let floor = usize::try_from(settings.max_message_size).unwrap_or(usize::MAX);
         Inputs {
             limit: share.max(floor),
-            frames: settings.read_budget_frames,
+            // `Settings::check` keeps these two within 16 bits.
+            frames: u16::try_from(settings.read_budget_frames).unwrap_or(u16::MAX),
             bytes: u32::try_from(settings.read_budget_bytes).unwrap_or(u32::MAX),
-            control_rate: settings.max_control_rate,
+            control_rate: u16::try_from(settings.max_control_rate).unwrap_or(u16::MAX),
             ..Inputs::default()
         }
     }
 
     /// Sets a connection's charge to `held` bytes; `false` (and nothing changed) when that
     /// growth would pass the limit. Shrinking always succeeds.
-    pub fn charge(&mut self, charged: &mut usize, held: usize) -> bool {
+    pub fn charge(&mut self, charged: &mut u32, held: usize) -> bool {
+        let held = u32::try_from(held).unwrap_or(u32::MAX);
         if held <= *charged {
-            self.held -= *charged - held;
+            self.held -= (*charged - held) as usize;
         } else {
-            let grow = held - *charged;
+            let grow = (held - *charged) as usize;
             if self.held.saturating_add(grow) > self.limit {
                 return false;
             }
@@ -90,7 +92,7 @@ impl Inputs {
     }
 
     /// Bytes `input` may still have parsed in this iteration; `None` when its share is used.
-    pub fn allowance(&self, input: &mut Input, turn: u32) -> Option<usize> {
+    pub fn allowance(&self, input: &mut Input, turn: u16) -> Option<usize> {
         if input.turn != turn {
             input.turn = turn;
             input.frames = 0;
@@ -111,7 +113,7 @@ impl Inputs {
             input.control_since = now;
             input.controls = 0;
         }
-        input.controls += 1;
+        input.controls = input.controls.saturating_add(1);
         input.controls <= self.control_rate
     }
 }

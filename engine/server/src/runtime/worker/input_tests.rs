@@ -42,8 +42,8 @@ fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
 /// What connection `id` holds on the budget, as last counted.
 fn charged(rig: &Rig<Echo>, id: usize) -> usize {
     match &rig.core.conns[id].phase {
-        Phase::Handshake(p) => p.charged,
-        Phase::Open(o) => o.input.charged,
+        Phase::Handshake(p) => p.charged as usize,
+        Phase::Open(o) => o.input.charged as usize,
         Phase::Done => 0,
     }
 }
@@ -279,7 +279,9 @@ fn a_message_must_finish_within_the_timeout() {
 
 #[test]
 fn what_input_adds_per_connection_stays_in_the_box() {
-    assert!(std::mem::size_of::<Input>() <= 40, "{}", std::mem::size_of::<Input>());
+    // 32 bytes: the open connection's box grows from 232 to 264 bytes, one 16-byte step of
+    // glibc's chunk sizes past the next (240 to 272 bytes per connection).
+    assert!(std::mem::size_of::<Input>() <= 32, "{}", std::mem::size_of::<Input>());
     assert!(std::mem::size_of::<Conn<()>>() <= 40, "{}", std::mem::size_of::<Conn<()>>());
 }
 
