@@ -540,7 +540,13 @@ each_backend! {
 
 each_backend! {
     fn s9_large_messages_are_echoed_intact(backend) {
-        let server = TestServer::echo(backend);
+        // Past the 1 MiB default: limits raised for the 4 MiB messages, and the send limit
+        // for their echoes.
+        let server = TestServer::start(
+            backend,
+            |b| b.max_message_size(4 << 20).max_frame_size(4 << 20).send_limit(8 << 20),
+            || ringside_tests::Echo,
+        );
         let mut c = connect(&server);
         for len in [1usize << 20, 4 << 20] {
             let text: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();

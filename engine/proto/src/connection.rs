@@ -82,6 +82,11 @@ enum Rx {
 
 const RX_IDLE: Rx = Rx::Header { bytes: [0; MAX_HEADER_LEN], len: 0 };
 
+/// What [`Connection::buffered`] counts for inflate state while it is allocated: zlib-rs's
+/// inflate state and its 32 KiB window, 47,704 bytes measured by a counting allocator at every
+/// window size (`tests/deflate_memory.rs`), rounded up.
+pub const INFLATE_STATE_BYTES: usize = 48 << 10;
+
 /// Where a complete frame's payload lies.
 #[derive(Debug, Clone)]
 enum Loc {
@@ -180,6 +185,25 @@ impl Connection {
     /// keeps context): for memory accounting and tests.
     pub fn is_inflating(&self) -> bool {
         self.deflate.as_ref().is_some_and(|d| d.inflater.is_allocated())
+    }
+
+    /// Heap bytes held for input not handed out yet: the message being assembled (its
+    /// buffer's capacity, which is what it costs; growth is capped at `max_message_size`), a
+    /// control payload that straddled reads, and the inflate state of a compressed message
+    /// (counted as [`INFLATE_STATE_BYTES`]). A partial header is inline and costs nothing
+    /// extra; the output is not counted. Constant time: for a caller that budgets input memory
+    /// across connections and asks after every read.
+    pub fn buffered(&self) -> usize {
+        let inflate = if self.is_inflating() { INFLATE_STATE_BYTES } else { 0 };
+        self.assembly.capacity() + self.ctrl.capacity() + inflate
+    }
+
+    /// Whether a frame or a fragmented message has started and not finished: some of its
+    /// bytes arrived and the rest has not. For a caller's deadline on finishing a message (a
+    /// peer that trickles a frame a byte at a time is never idle, yet never done).
+    pub fn in_message(&self) -> bool {
+        self.state != State::Closed
+            && (self.assembly.is_open() || !matches!(self.rx, Rx::Header { len: 0, .. }))
     }
 
     /// This end's role.
@@ -395,7 +419,10 @@ impl Connection {
                 let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
                 deflate.inflater.feed(chunk, &mut self.assembly, limit)
             }
-            _ => self.assembly.push(chunk),
+            _ => {
+                let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+                self.assembly.push(chunk, limit)
+            }
         }
     }
 
@@ -468,13 +495,33 @@ impl Connection {
                 self.write_close(code, &error.to_string());
             }
         }
+        self.stop_reading();
+    }
+
+    /// Fails the connection for a reason of the caller's, one the protocol cannot see: a
+    /// resource limit (1013 when the server is short of memory), a policy (1008 for a message
+    /// that takes too long, a flood of pings). Queues a close frame with `code` and `reason`
+    /// (cut to fit) if one may still be sent and `code` may be sent, then ignores all input and
+    /// frees every input buffer, a half-received message included: [`Connection::buffered`]
+    /// is 0 afterwards. Send the output, then close the transport (RFC 6455 section 7.1.7:
+    /// fail the WebSocket connection; no close reply is awaited).
+    pub fn fail_with(&mut self, code: CloseCode, reason: &str) {
+        if self.state == State::Open && code.is_sendable() {
+            self.write_close(code, reason);
+        }
+        self.stop_reading();
+    }
+
+    /// Input is ignored from now on: state and buffers go.
+    fn stop_reading(&mut self) {
         self.state = State::Closed;
         self.rx = RX_IDLE;
         self.inflating = false;
         if let Some(deflate) = self.deflate.as_mut() {
             deflate.inflater.release();
         }
-        self.release_buffers();
+        self.assembly.abandon();
+        self.ctrl = Vec::new();
     }
 
     fn release_buffers(&mut self) {
@@ -752,6 +799,64 @@ mod tests {
         assert!(input.len() < 100);
         assert_eq!(c.read(&mut input), Err(Error::MessageTooLarge));
         assert_eq!(&c.output()[2..4], &1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn buffered_counts_what_a_partial_message_holds_and_fail_with_frees_it() {
+        let limit = 100_000;
+        let config = Config { max_message_size: limit, max_frame_size: limit, auto_pong: true };
+        let mut c = Connection::new(Role::Server, config);
+        assert_eq!((c.buffered(), c.in_message()), (0, false));
+        // One byte of a header: inline, nothing on the heap, but a frame has started.
+        let frame = client_frame(true, OpCode::Binary, &[5; 100_000]);
+        let mut part = frame[..1].to_vec();
+        assert_eq!(c.read(&mut part).unwrap(), (1, None));
+        assert_eq!((c.buffered(), c.in_message()), (0, true));
+        // Most of the payload, in pieces: held at its capacity, never past the limit.
+        let mut pos = 1;
+        while pos < 90_000 {
+            let mut piece = frame[pos..pos + 7_000].to_vec();
+            assert_eq!(c.read(&mut piece).unwrap(), (7_000, None));
+            pos += 7_000;
+            assert!(c.buffered() >= pos - 14, "{} at {pos}", c.buffered());
+            assert!(c.buffered() <= limit as usize, "{} at {pos}", c.buffered());
+        }
+        assert!(c.in_message());
+        c.fail_with(CloseCode::TRY_AGAIN_LATER, "busy");
+        assert_eq!((c.buffered(), c.in_message(), c.is_closed()), (0, false, true));
+        assert_eq!(&c.output()[..6], &[0x88, 6, 0x03, 0xf5, b'b', b'u']);
+        // Input after it is ignored and holds nothing.
+        let mut rest = frame[pos..].to_vec();
+        let len = rest.len();
+        assert_eq!(c.read(&mut rest).unwrap(), (len, None));
+        assert_eq!(c.buffered(), 0);
+        // A closed connection sends nothing more, and a code that may not be sent is not.
+        let out = c.output().len();
+        c.fail_with(CloseCode::POLICY, "again");
+        assert_eq!(c.output().len(), out);
+        let mut d = Connection::new(Role::Server, config);
+        d.fail_with(CloseCode::ABNORMAL, "never on the wire");
+        assert!(d.output().is_empty() && d.is_closed());
+    }
+
+    #[test]
+    fn in_message_spans_fragments_and_straddling_control_frames() {
+        let mut c = Connection::new(Role::Server, Config::default());
+        let mut first = client_frame(false, OpCode::Text, b"part");
+        let len = first.len();
+        assert_eq!(c.read(&mut first).unwrap(), (len, None));
+        assert!(c.in_message(), "between fragments");
+        let ping = client_frame(true, OpCode::Ping, b"abc");
+        let mut head = ping[..7].to_vec();
+        assert_eq!(c.read(&mut head).unwrap().1, None);
+        assert!(c.buffered() > 0, "a control payload straddling reads is held");
+        let mut tail = ping[7..].to_vec();
+        assert_eq!(c.read(&mut tail).unwrap().1, Some(Event::Ping(b"abc")));
+        let mut last = client_frame(true, OpCode::Continuation, b"!");
+        assert_eq!(c.read(&mut last).unwrap().1, Some(Event::Message(Message::Text("part!"))));
+        assert!(!c.in_message());
+        assert_eq!(c.read(&mut []).unwrap(), (0, None));
+        assert_eq!(c.buffered(), 0, "freed once the message was handed out");
     }
 
     #[test]

@@ -93,12 +93,31 @@ impl Assembly {
     }
 
     /// Appends payload bytes (already unmasked), checking UTF-8 as far as it can be decided.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    /// The buffer grows by doubling but never past `max_capacity` (unless these bytes need
+    /// more), so a message at the size limit holds the limit, not the next power of two.
+    pub fn push(&mut self, bytes: &[u8], max_capacity: usize) -> Result<(), Error> {
         if self.open == Some(Kind::Text) {
             self.utf8.feed(bytes)?;
         }
+        self.reserve(bytes.len(), max_capacity);
         self.buf.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// Makes room for `more` bytes: double the capacity, capped at `max_capacity`, or exactly
+    /// what is needed if that is more.
+    fn reserve(&mut self, more: usize, max_capacity: usize) {
+        let len = self.buf.len();
+        let needed = len.saturating_add(more);
+        if needed > self.buf.capacity() {
+            let target = self.buf.capacity().saturating_mul(2).min(max_capacity).max(needed);
+            self.buf.reserve_exact(target - len);
+        }
+    }
+
+    /// Heap bytes held: the buffer's capacity (what was reserved, not only what is filled).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Appends bytes written in place (inflated): `write` gets `region` zeroed bytes at the end
@@ -114,10 +133,7 @@ impl Assembly {
     ) -> Result<T, Error> {
         let start = self.buf.len();
         let needed = start + region;
-        if needed > self.buf.capacity() {
-            let target = (self.buf.capacity() * 2).min(max_capacity).max(needed);
-            self.buf.reserve_exact(target - start);
-        }
+        self.reserve(region, max_capacity);
         self.buf.resize(needed, 0);
         let (filled, value) = write(&mut self.buf[start..]);
         self.buf.truncate(start + filled.min(region));
@@ -156,6 +172,12 @@ impl Assembly {
             self.buf = Vec::new();
         }
     }
+
+    /// Drops the open message, if any, and frees the buffer (the connection failed).
+    pub fn abandon(&mut self) {
+        self.open = None;
+        self.buf = Vec::new();
+    }
 }
 
 #[cfg(test)]
@@ -167,8 +189,8 @@ mod tests {
         let mut a = Assembly::default();
         a.open(Kind::Text);
         a.check_size(5, 8).unwrap();
-        a.push("héllo".as_bytes()[..2].as_ref()).unwrap();
-        a.push(&"héllo".as_bytes()[2..]).unwrap();
+        a.push("héllo".as_bytes()[..2].as_ref(), 8).unwrap();
+        a.push(&"héllo".as_bytes()[2..], 8).unwrap();
         assert_eq!(a.check_size(3, 8), Err(Error::MessageTooLarge));
         assert_eq!(a.finish(), Ok(Kind::Text));
         assert_eq!(a.message(Kind::Text), Message::Text("héllo"));
@@ -176,12 +198,35 @@ mod tests {
         assert!(a.is_empty());
 
         a.open(Kind::Text);
-        a.push(b"ok\xe2").unwrap();
+        a.push(b"ok\xe2", 8).unwrap();
         assert_eq!(a.finish(), Err(Error::InvalidUtf8));
 
         a.open(Kind::Binary);
-        a.push(b"\xff\xfe").unwrap();
+        a.push(b"\xff\xfe", 8).unwrap();
         assert_eq!(a.finish(), Ok(Kind::Binary));
         assert_eq!(a.message(Kind::Binary).len(), 2);
+        a.abandon();
+        assert_eq!((a.is_open(), a.capacity()), (false, 0));
+    }
+
+    #[test]
+    fn growth_stops_at_the_limit() {
+        let limit = 1 << 20;
+        let mut a = Assembly::default();
+        a.open(Kind::Binary);
+        // Pieces of an odd size: plain doubling would pass the limit on the last one.
+        let piece = vec![0u8; 65_530];
+        while a.len() + piece.len() <= limit {
+            a.push(&piece, limit).unwrap();
+            assert!(a.capacity() <= limit, "{} at {}", a.capacity(), a.len());
+        }
+        a.push(&piece[..limit - a.len()], limit).unwrap();
+        assert_eq!(a.len(), limit);
+        assert!(a.capacity() <= limit, "{}", a.capacity());
+        // A piece larger than the cap still fits: the cap bounds growth, not content.
+        let mut b = Assembly::default();
+        b.open(Kind::Binary);
+        b.push(&piece, 1000).unwrap();
+        assert_eq!(b.len(), piece.len());
     }
 }

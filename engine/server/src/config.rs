@@ -104,9 +104,10 @@ pub struct Settings {
     pub backend: Backend,
     /// Pin worker i to CPU i (mod CPU count). Default on.
     pub pin: bool,
-    /// Largest message accepted (1009 beyond). Default 16 MiB.
+    /// Largest message accepted (1009 beyond). Default 1 MiB, as Python `websockets`: the
+    /// most one connection can make the server hold for an unfinished message.
     pub max_message_size: u64,
-    /// Largest frame accepted (1009 beyond). Default 16 MiB.
+    /// Largest frame accepted (1009 beyond). Default 1 MiB.
     pub max_frame_size: u64,
     /// Largest request head (431 beyond). Default 8 KiB.
     pub max_head_bytes: usize,
@@ -121,7 +122,9 @@ pub struct Settings {
     pub close_timeout: Duration,
     /// Queued bytes above which `on_drain` is armed and reading pauses. Default 1 MiB.
     pub send_high_water: usize,
-    /// Queued bytes above which the slow-consumer policy applies. Default 16 MiB.
+    /// Queued bytes above which the slow-consumer policy applies. Default 4 MiB: room for the
+    /// echo of a maximum-size message (1 MiB and its header) with some queued before it. Keep
+    /// it above `max_message_size` where messages are echoed or forwarded whole.
     pub send_limit: usize,
     /// The slow-consumer policy. Default close (1008).
     pub slow_consumer: SlowConsumer,
@@ -170,6 +173,24 @@ pub struct Settings {
     /// One `info` event per upgrade attempt on target `ringside::access` (client, TCP peer,
     /// path, status, subprotocol, user agent). Default off.
     pub access_log: bool,
+    /// Bytes the whole server may hold for clients' unfinished input: partial upgrade requests,
+    /// partial frames, messages being assembled, control payloads, inflate state, bytes waiting
+    /// for their turn. Each worker gets an equal share (never less than `max_message_size`). A
+    /// connection whose input would take its worker past its share is closed with 1013 (try
+    /// again later), or answered 503 during its upgrade. Default 256 MiB.
+    pub max_buffered_input: usize,
+    /// A message (or frame) that has started must finish within this, or the connection is
+    /// closed with 1008. Checked every 250 ms. Default 30 s.
+    pub message_timeout: Duration,
+    /// Most frames (messages and control frames) handed to the handler per connection per
+    /// loop iteration (1 to 65,535); the rest wait for the next iteration, reading paused.
+    /// Default 64.
+    pub read_budget_frames: u32,
+    /// Most bytes parsed per connection per loop iteration, likewise. Default 256 KiB.
+    pub read_budget_bytes: usize,
+    /// Most pings and pongs a connection may send per second (1008 beyond), up to 65,535; 0:
+    /// no limit. Default 1000.
+    pub max_control_rate: u32,
 }
 
 impl Default for Settings {
@@ -180,15 +201,15 @@ impl Default for Settings {
             workers: Workers::PerCore,
             backend: Backend::Auto,
             pin: true,
-            max_message_size: 16 << 20,
-            max_frame_size: 16 << 20,
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
             max_head_bytes: 8 << 10,
             idle_timeout: Duration::from_secs(120),
             ping_idle: true,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             send_high_water: 1 << 20,
-            send_limit: 16 << 20,
+            send_limit: 4 << 20,
             slow_consumer: SlowConsumer::Close,
             topic_rules: Vec::new(),
             max_subscriptions: 4096,
@@ -206,6 +227,11 @@ impl Default for Settings {
             require_forwarded: false,
             proxy_protocol: ProxyProtocol::Off,
             access_log: false,
+            max_buffered_input: 256 << 20,
+            message_timeout: Duration::from_secs(30),
+            read_budget_frames: 64,
+            read_budget_bytes: 256 << 10,
+            max_control_rate: 1000,
         }
     }
 }
@@ -266,10 +292,31 @@ impl Settings {
             );
             return err("send_high_water", "--send-high-water", why);
         }
+        if (self.max_buffered_input as u64) < self.max_message_size {
+            let why = format!(
+                "{} bytes cannot hold one message of the maximum size ({}); raise it or lower \
+                 --max-message-size",
+                self.max_buffered_input, self.max_message_size
+            );
+            return err("max_buffered_input", "--max-buffered-input", why);
+        }
+        if self.read_budget_frames == 0 || self.read_budget_frames > 65_535 {
+            let why = format!("{} is outside 1 to 65535", self.read_budget_frames);
+            return err("read_budget_frames", "--read-budget-frames", why);
+        }
+        if self.max_control_rate > 65_535 {
+            let why =
+                format!("{} is more than 65535 (0 turns the limit off)", self.max_control_rate);
+            return err("max_control_rate", "--max-control-rate", why);
+        }
+        if self.read_budget_bytes == 0 {
+            return err("read_budget_bytes", "--read-budget-bytes", "must be at least 1".into());
+        }
         for (setting, flag, d) in [
             ("idle_timeout", "--idle-timeout", self.idle_timeout),
             ("handshake_timeout", "--handshake-timeout", self.handshake_timeout),
             ("close_timeout", "--close-timeout", self.close_timeout),
+            ("message_timeout", "--message-timeout", self.message_timeout),
         ] {
             if d.is_zero() {
                 return err(setting, flag, "must be more than zero".into());
@@ -379,6 +426,12 @@ mod tests {
             (Settings { send_limit: 0, ..base() }, "--send-limit"),
             (Settings { send_limit: 10, send_high_water: 100, ..base() }, "--send-high-water"),
             (Settings { idle_timeout: Duration::ZERO, ..base() }, "--idle-timeout"),
+            (Settings { message_timeout: Duration::ZERO, ..base() }, "--message-timeout"),
+            (Settings { max_buffered_input: 1000, ..base() }, "--max-buffered-input"),
+            (Settings { read_budget_frames: 0, ..base() }, "--read-budget-frames"),
+            (Settings { read_budget_frames: 70_000, ..base() }, "--read-budget-frames"),
+            (Settings { max_control_rate: 70_000, ..base() }, "--max-control-rate"),
+            (Settings { read_budget_bytes: 0, ..base() }, "--read-budget-bytes"),
             (Settings { tick: Some(Duration::from_micros(10)), ..base() }, "--tick-ms"),
             (Settings { ring_entries: 1000, ..base() }, "--ring-entries"),
             (Settings { recv_buffers: 0, ..base() }, "--recv-buffers"),

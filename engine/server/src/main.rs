@@ -40,10 +40,10 @@ struct Args {
     #[arg(long, value_enum, default_value = "echo")]
     app: App,
     /// Largest message accepted, bytes (close 1009 beyond).
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = 1 << 20)]
     max_message_size: u64,
     /// Largest frame accepted, bytes (close 1009 beyond).
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = 1 << 20)]
     max_frame_size: u64,
     /// Largest upgrade request head, bytes (431 beyond).
     #[arg(long, default_value_t = 8 << 10)]
@@ -63,8 +63,9 @@ struct Args {
     /// Queued bytes per connection above which reading pauses and on_drain is armed.
     #[arg(long, default_value_t = 1 << 20)]
     send_high_water: usize,
-    /// Queued bytes per connection above which the slow-consumer policy applies.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// Queued bytes per connection above which the slow-consumer policy applies (keep it
+    /// above --max-message-size to echo or forward a message of that size).
+    #[arg(long, default_value_t = 4 << 20)]
     send_limit: usize,
     /// What to do with a connection over the send limit (conflate: on topics, keep only the
     /// latest message per key; elsewhere the same as drop).
@@ -99,6 +100,22 @@ struct Args {
     /// Most connections per worker.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections_per_worker: usize,
+    /// Bytes the server may hold for clients' unfinished input, all workers together (each
+    /// gets an equal share); a connection that would pass it is closed with 1013.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_buffered_input: usize,
+    /// Seconds a started message has to finish (close 1008 beyond).
+    #[arg(long, default_value_t = 30)]
+    message_timeout: u64,
+    /// Most frames handed to the application per connection per loop iteration.
+    #[arg(long, default_value_t = 64)]
+    read_budget_frames: u32,
+    /// Most bytes parsed per connection per loop iteration.
+    #[arg(long, default_value_t = 256 << 10)]
+    read_budget_bytes: usize,
+    /// Most pings and pongs per connection per second (close 1008 beyond); 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    max_control_rate: u32,
     /// Share the port with other processes already listening on it (SO_REUSEPORT); without
     /// it, a port in use is an error.
     #[arg(long)]
@@ -319,6 +336,11 @@ fn run(args: Args) -> io::Result<()> {
         recv_buffer_size: args.recv_buffer_size,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         max_connections_per_worker: args.max_connections_per_worker,
+        max_buffered_input: args.max_buffered_input,
+        message_timeout: Duration::from_secs(args.message_timeout),
+        read_budget_frames: args.read_budget_frames,
+        read_budget_bytes: args.read_budget_bytes,
+        max_control_rate: args.max_control_rate,
         reuse_port: args.reuse_port,
         health_path: (!args.health_path.is_empty()).then(|| args.health_path.clone()),
         trusted_proxies: args.trusted_proxies.clone(),
@@ -379,6 +401,14 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         eprintln!(
             "ringside: warning: epoll uses one process fd per connection; this process can hold \
              at most about {fd_limit} connections (io_uring's direct descriptors do not count)"
+        );
+    }
+    if (s.send_limit as u64) < s.max_message_size.saturating_add(14) {
+        eprintln!(
+            "ringside: warning: --send-limit ({} B) is below --max-message-size ({} B) plus a \
+             frame header: sending back or forwarding a message of the maximum size closes the \
+             connection with 1008 (slow consumer)",
+            s.send_limit, s.max_message_size
         );
     }
     // Catch the signals before announcing the address: a script that reads the line and

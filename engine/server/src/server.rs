@@ -102,6 +102,16 @@ impl Builder {
         max_connections_per_worker: usize,
         /// Share the port with other processes.
         reuse_port: bool,
+        /// Input the server may hold for unfinished messages, all workers together.
+        max_buffered_input: usize,
+        /// Time a started message has to finish.
+        message_timeout: Duration,
+        /// Frames per connection per loop iteration.
+        read_budget_frames: u32,
+        /// Bytes parsed per connection per loop iteration.
+        read_budget_bytes: usize,
+        /// Pings and pongs per connection per second (0: no limit).
+        max_control_rate: u32,
     }
 
     /// Answers `200 ok` to a plain GET of `path` (a load balancer's health check).

@@ -35,6 +35,8 @@ pub(crate) struct Pending {
     pub awaiting_proxy: bool,
     /// The client a PROXY header named: the request's sender, when a proxy relays it.
     pub proxied: Option<SocketAddr>,
+    /// Bytes of the worker's input budget `buf` holds, as last counted (see `worker::input`).
+    pub charged: u32,
 }
 
 /// An open connection: the protocol state, and what its handle may touch while a message
@@ -43,6 +45,40 @@ pub(crate) struct Pending {
 pub(crate) struct Open<C> {
     pub proto: Connection,
     pub app: App<C>,
+    pub input: Input,
+}
+
+/// What the worker keeps about an open connection's input: its share of the worker's input
+/// budget and of each loop iteration, and its clocks for unfinished messages and control
+/// frames (see `worker::input`). 32 bytes, in the box, not in the slab entry.
+#[derive(Debug, Default)]
+pub(crate) struct Input {
+    /// Bytes received but not parsed yet, because the connection used up its share of a loop
+    /// iteration: parsed before anything newer, in the next iterations. Only while throttled.
+    pub stash: Option<Box<Stash>>,
+    /// Bytes of the worker's input budget this connection holds, as last counted (saturated at
+    /// 4 GiB: one connection's input is bounded far below that by the message size limit).
+    pub charged: u32,
+    /// Worker clock when the message being received started (0: none; set values have the low
+    /// bit set).
+    pub message_since: u32,
+    /// Bytes parsed in the loop iteration `turn` (wrapping: an iteration 65,536 back that
+    /// reads as this one only costs a share).
+    pub bytes: u32,
+    /// Start of the current one-second window of control frames.
+    pub control_since: u32,
+    pub turn: u16,
+    /// Frames handed to the handler in iteration `turn`.
+    pub frames: u16,
+    /// Pings and pongs in the window.
+    pub controls: u16,
+}
+
+/// Bytes waiting to be parsed: `buf[pos..]`.
+#[derive(Debug, Default)]
+pub(crate) struct Stash {
+    pub buf: Vec<u8>,
+    pub pos: usize,
 }
 
 /// The application's side of an open connection.
@@ -76,6 +112,8 @@ pub(crate) mod flag {
     pub const IDLE_PINGED: u8 = 1 << 4;
     /// The peer is gone (the backend reported a hang-up).
     pub const HUNG_UP: u8 = 1 << 5;
+    /// Used up its share of a loop iteration: bytes wait in its stash, reading is paused.
+    pub const THROTTLED: u8 = 1 << 6;
 }
 
 /// The I/O side of a connection.
@@ -121,6 +159,7 @@ impl<C> Conn<C> {
                 peer,
                 awaiting_proxy: false,
                 proxied: None,
+                charged: 0,
             })),
             io: Io { last_rx: now, generation, ..Io::default() },
         }

@@ -16,6 +16,8 @@ enum Sweep {
     Drop,
     Idle,
     Ping,
+    /// A message started longer than `message_timeout` ago and has not finished.
+    Message,
 }
 
 impl<H: Handler> Core<H> {
@@ -62,13 +64,14 @@ impl<H: Handler> Core<H> {
     /// Drops a connection that timed out: `on_close` (1006), then a hard close.
     fn drop_conn(&mut self, id: usize, reason: &str) {
         self.report_close(id, CloseCode::ABNORMAL, reason);
+        self.release_input(id);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Done;
         }
         self.request_close(id, true);
     }
 
-    /// Every 250 ms: handshake, idle and close timeouts.
+    /// Every 250 ms: handshake, idle, message and close timeouts.
     pub(super) fn sweep(&mut self) {
         let s = &self.local.settings;
         let now = self.local.now;
@@ -76,6 +79,7 @@ impl<H: Handler> Core<H> {
         let handshake = ms(s.handshake_timeout);
         let idle = ms(s.idle_timeout);
         let close = ms(s.close_timeout);
+        let message = ms(s.message_timeout);
         let ping_idle = s.ping_idle;
         let mut expired = Vec::new();
         for (id, conn) in &self.conns {
@@ -83,11 +87,21 @@ impl<H: Handler> Core<H> {
             // For a connection still in its handshake, `last_rx` is the time of accept: the
             // whole request must arrive within the timeout, however it trickles (slowloris).
             let since_rx = now.wrapping_sub(io.last_rx);
+            // Set timestamps carry a low bit that is not time: without it, one set in this
+            // millisecond at an even `now` would be one ahead of `now` and look 49 days old.
             let action = if io.closing_since != 0 {
-                (now.wrapping_sub(io.closing_since) >= close).then_some(Sweep::Drop)
+                (now.wrapping_sub(io.closing_since & !1) >= close).then_some(Sweep::Drop)
             } else {
                 match &conn.phase {
                     Phase::Handshake(_) => (since_rx >= handshake).then_some(Sweep::Drop),
+                    // Not while the server itself holds the rest back (reading paused).
+                    Phase::Open(o)
+                        if o.input.message_since != 0
+                            && !io.has(flag::OVER_HIGH_WATER | flag::THROTTLED)
+                            && now.wrapping_sub(o.input.message_since & !1) >= message =>
+                    {
+                        Some(Sweep::Message)
+                    }
                     Phase::Open(_) if since_rx >= idle => Some(Sweep::Idle),
                     Phase::Open(_)
                         if ping_idle && since_rx >= idle / 2 && !io.has(flag::IDLE_PINGED) =>
@@ -105,6 +119,7 @@ impl<H: Handler> Core<H> {
             match action {
                 Sweep::Drop => self.drop_conn(id, "timed out"),
                 Sweep::Idle => self.close_with(id, CloseCode::NORMAL, "idle timeout"),
+                Sweep::Message => self.fail_input(id, CloseCode::POLICY, "message timeout"),
                 Sweep::Ping => {
                     self.callback(id, |_, ws| {
                         let _ = ws.ping(b"");

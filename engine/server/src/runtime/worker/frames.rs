@@ -9,13 +9,22 @@ use crate::runtime::conn::{flag, Phase};
 use crate::runtime::handle::WebSocket;
 
 impl<H: Handler> Core<H> {
-    /// Bytes of the frame stream.
-    pub(super) fn on_frames(&mut self, id: usize, data: &mut [u8]) {
+    /// Bytes of the frame stream, parsed within the connection's share of this loop iteration
+    /// (see `input`): returns how many were consumed; the caller keeps the rest for the next
+    /// iteration. Everything is consumed once the protocol stops reading (closed or failed).
+    pub(super) fn on_frames(&mut self, id: usize, data: &mut [u8]) -> usize {
         let mut pos = 0;
+        let (turn, now) = (self.inputs.turn, self.local.now);
         loop {
-            let Some(conn) = self.conns.get_mut(id) else { return };
+            let Some(conn) = self.conns.get_mut(id) else { return data.len() };
             let open = conn.can_send();
-            let Phase::Open(o) = &mut conn.phase else { return };
+            let Phase::Open(o) = &mut conn.phase else { return data.len() };
+            if o.proto.is_closed() {
+                pos = data.len();
+                break;
+            }
+            let Some(allowance) = self.inputs.allowance(&mut o.input, turn) else { break };
+            let end = data.len().min(pos.saturating_add(allowance));
             let mut ws = WebSocket {
                 slot: id,
                 io: &mut conn.io,
@@ -23,13 +32,31 @@ impl<H: Handler> Core<H> {
                 open,
                 local: &mut self.local,
             };
-            let closed = match o.proto.read(&mut data[pos..]) {
-                Ok((_, None)) => break,
+            let mut refuse = None;
+            let closed = match o.proto.read(&mut data[pos..end]) {
+                Ok((n, None)) => {
+                    // All of `data[pos..end]`: the end of the data, or of the allowance.
+                    pos += n;
+                    o.input.bytes = o.input.bytes.saturating_add(n as u32);
+                    if pos == data.len() {
+                        break;
+                    }
+                    continue;
+                }
                 Ok((n, Some(event))) => {
                     pos += n;
+                    o.input.bytes = o.input.bytes.saturating_add(n as u32);
+                    o.input.frames = o.input.frames.saturating_add(1);
                     match event {
                         Event::Message(msg) => {
+                            o.input.message_since = 0;
                             self.handler.on_message(&mut ws, msg);
+                            None
+                        }
+                        Event::Ping(_) | Event::Pong(_)
+                            if !self.inputs.control_allowed(&mut o.input, now) =>
+                        {
+                            refuse = Some("too many pings and pongs per second");
                             None
                         }
                         Event::Ping(payload) => {
@@ -50,12 +77,20 @@ impl<H: Handler> Core<H> {
                     Some((e.close_code().unwrap_or(CloseCode::PROTOCOL_ERROR), e.to_string()))
                 }
             };
+            let closed = match refuse {
+                Some(reason) => {
+                    o.proto.fail_with(CloseCode::POLICY, reason);
+                    Some((CloseCode::POLICY, reason.to_owned()))
+                }
+                None => closed,
+            };
             self.after_event(id);
             if let Some((code, reason)) = closed {
                 self.report_close(id, code, &reason);
             }
         }
         self.after_event(id);
+        pos
     }
 
     /// Moves the protocol's own output (pong, close echo, failure close) to the send queue,

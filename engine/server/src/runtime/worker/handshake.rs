@@ -159,11 +159,11 @@ impl<H: Handler> Core<H> {
             return;
         };
         let proto = Connection::new(Role::Server, self.proto);
-        conn.phase = Phase::Open(Box::new(Open { proto, app }));
+        conn.phase = Phase::Open(Box::new(Open { proto, app, input: Default::default() }));
         self.callback(id, |h, ws| h.on_open(ws));
         if !rest.is_empty() {
             let mut rest = rest;
-            self.on_frames(id, &mut rest);
+            self.on_input(id, &mut rest);
         }
     }
 }

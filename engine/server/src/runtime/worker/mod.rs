@@ -12,7 +12,8 @@
 //! Each behaviour has its own file: `handshake` (the upgrade), `frames` (messages and the
 //! protocol's output), `close` (closing, timeouts, shutdown), `timers` (application timers and
 //! the tick), `fanout` (broadcasts, publishes, commands from other threads), `edge` (the PROXY
-//! header, the client's address behind trusted proxies, the access log).
+//! header, the client's address behind trusted proxies, the access log), `input` (the budget
+//! for buffered input, each connection's share of an iteration, message deadlines).
 //!
 //! The clock is injected: [`turn`] reads the time the caller set, so tests drive a worker with
 //! a fake backend and a fake clock, without sockets or sleeps.
@@ -22,10 +23,13 @@ mod edge;
 mod fanout;
 mod frames;
 mod handshake;
+mod input;
 pub(crate) mod timers;
 
 #[cfg(test)]
 mod edge_tests;
+#[cfg(test)]
+mod input_tests;
 #[cfg(test)]
 mod tests;
 
@@ -73,6 +77,8 @@ pub(crate) struct Core<H: Handler> {
     /// The next tick (ms), when ticking.
     next_tick: Option<u64>,
     shutdown_deadline: Option<u64>,
+    /// The input budget and the per-iteration shares (see `input`).
+    inputs: input::Inputs,
 }
 
 impl<H: Handler> std::fmt::Debug for Core<H> {
@@ -103,6 +109,7 @@ impl<H: Handler> Core<H> {
         );
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
+        let inputs = input::Inputs::new(&settings, shared.workers());
         Core {
             handler,
             conns: Slab::new(),
@@ -130,6 +137,7 @@ impl<H: Handler> Core<H> {
             next_sweep: 0,
             next_tick,
             shutdown_deadline: None,
+            inputs,
         }
     }
 
@@ -177,7 +185,10 @@ impl<H: Handler> Core<H> {
     /// How long the next poll may wait: until the next sweep, timer or tick, or not at all
     /// when there is work left.
     fn poll_timeout(&self) -> Duration {
-        if !self.local.dirty.is_empty() || !self.to_close.is_empty() {
+        if !self.local.dirty.is_empty()
+            || !self.to_close.is_empty()
+            || !self.inputs.throttled.is_empty()
+        {
             return Duration::ZERO;
         }
         let now = self.local.now_ms;
@@ -212,11 +223,11 @@ impl<H: Handler> Driver for Core<H> {
     fn on_data(&mut self, id: usize, data: &mut [u8]) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         match conn.phase {
-            Phase::Handshake(_) => self.on_handshake_data(id, data),
+            Phase::Handshake(_) => self.on_handshake_input(id, data),
             Phase::Open(_) => {
                 conn.io.last_rx = self.local.now;
                 conn.io.set(flag::IDLE_PINGED, false);
-                self.on_frames(id, data);
+                self.on_input(id, data);
             }
             Phase::Done => {}
         }
@@ -225,7 +236,10 @@ impl<H: Handler> Driver for Core<H> {
     fn on_hangup(&mut self, id: usize) {
         // EOF may be a half-close after the peer's close frame: what is queued (the close echo)
         // is still sent; the graceful close below sends it before closing the socket.
+        // Bytes that waited for their turn came before the hang-up: they are parsed first.
+        self.drain_input(id);
         self.report_close(id, ringside_proto::CloseCode::ABNORMAL, "");
+        self.release_input(id);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.io.set(flag::HUNG_UP, true);
             conn.phase = Phase::Done;
@@ -247,6 +261,7 @@ impl<H: Handler> Driver for Core<H> {
 
     fn on_released(&mut self, id: usize) {
         if self.conns.contains(id) {
+            self.release_input(id);
             let mut conn = self.conns.remove(id);
             self.local.topics.unsubscribe_all(id);
             conn.io.queue.discard();
@@ -283,11 +298,13 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     backend: &mut B,
     inbox: &Receiver<Command>,
 ) -> io::Result<bool> {
+    core.inputs.turn = core.inputs.turn.wrapping_add(1);
     let timeout = core.poll_timeout();
     backend
         .poll(core, timeout)
         .map_err(|e| io::Error::new(e.kind(), format!("{} poll: {e}", backend.name())))?;
     core.local.counts.accept_errors = backend.accept_errors();
+    core.resume_input(backend);
     core.local.shared.woken(usize::from(core.local.worker));
     while let Ok(command) = inbox.try_recv() {
         core.apply(command);
@@ -328,7 +345,9 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
             backend.set_reading(id, false);
         } else if over && queued <= high_water {
             conn.io.set(flag::OVER_HIGH_WATER, false);
-            backend.set_reading(id, true);
+            if !conn.io.has(flag::THROTTLED) {
+                backend.set_reading(id, true);
+            }
             core.callback(id, |h, ws| h.on_drain(ws));
         }
         if let Some(conn) = core.conns.get_mut(id) {

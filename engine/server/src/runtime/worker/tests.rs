@@ -34,7 +34,7 @@ pub(super) struct Fake {
     window: HashMap<usize, usize>,
     /// Connections with a send that did not finish (the peer stopped reading).
     stalled: Vec<usize>,
-    reading: HashMap<usize, bool>,
+    pub(super) reading: HashMap<usize, bool>,
     pub(super) closed: Vec<(usize, bool)>,
     /// Ids to release at the next poll.
     releasing: Vec<usize>,
@@ -180,7 +180,7 @@ pub(super) struct Rig<H: Handler> {
     pub(super) fake: Fake,
     inbox: Receiver<Command>,
     shared: Arc<Shared>,
-    now: u64,
+    pub(super) now: u64,
     clients: HashMap<usize, (Connection, usize)>,
 }
 
@@ -210,7 +210,7 @@ impl<H: Handler> Rig<H> {
     }
 
     /// Advances the clock by `ms`, one iteration per 10 ms.
-    fn advance(&mut self, ms: u64) {
+    pub(super) fn advance(&mut self, ms: u64) {
         let end = self.now + ms;
         while self.now < end {
             self.now = (self.now + 10).min(end);
@@ -238,7 +238,7 @@ impl<H: Handler> Rig<H> {
     }
 
     /// Accepts and upgrades a connection to `path`; returns its id.
-    fn open(&mut self, from: SocketAddr, path: &str) -> usize {
+    pub(super) fn open(&mut self, from: SocketAddr, path: &str) -> usize {
         let id = self.accept(from);
         let mut req = Vec::new();
         write_client_request("test", path, &generate_key(), &[], &[], &mut req);
@@ -258,7 +258,7 @@ impl<H: Handler> Rig<H> {
     }
 
     /// The messages (and closes, as "close CODE") the client of `id` received since last asked.
-    fn received(&mut self, id: usize) -> Vec<String> {
+    pub(super) fn received(&mut self, id: usize) -> Vec<String> {
         let mut bytes = self.take_sent(id);
         let (client, _) = self.clients.get_mut(&id).expect("an upgraded connection");
         let mut out = Vec::new();
@@ -277,13 +277,13 @@ impl<H: Handler> Rig<H> {
     }
 
     /// A masked client frame.
-    fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         frame::write_frame(&mut out, true, opcode, Some([1, 2, 3, 4]), payload);
         out
     }
 
-    fn text(&mut self, id: usize, text: &str) {
+    pub(super) fn text(&mut self, id: usize, text: &str) {
         let f = Self::frame(OpCode::Text, text.as_bytes());
         self.data(id, &f);
     }
