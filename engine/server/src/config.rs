@@ -122,6 +122,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Most connections one worker holds (further accepts are refused). Default 1,000,000.
     pub max_connections_per_worker: usize,
+    /// A message bus (`nats://host:port` or `redis://host:port`) that carries topic publishes
+    /// to the other nodes of a cluster and theirs to this one (docs/cluster.md). Default none:
+    /// topics stay within this process.
+    pub bus: Option<String>,
 }
 
 impl Default for Settings {
@@ -148,6 +152,7 @@ impl Default for Settings {
             subprotocols: Vec::new(),
             health_path: None,
             tick: None,
+            bus: None,
             ring_entries: 4096,
             recv_buffers: 2048,
             recv_buffer_size: 32 << 10,
@@ -267,6 +272,11 @@ impl Settings {
                 return err("health_path", "--health-path", why);
             }
         }
+        if let Some(url) = &self.bus {
+            if let Err(e) = ringside_bus::check_url(url) {
+                return err("bus", "--bus", e.to_string());
+            }
+        }
         Ok(())
     }
 }
@@ -298,6 +308,8 @@ mod tests {
             (Settings { max_connections_per_worker: 0, ..base() }, "--max-connections-per-worker"),
             (Settings { subprotocols: vec!["a b".into()], ..base() }, "--subprotocols"),
             (Settings { health_path: Some("health".into()), ..base() }, "--health-path"),
+            (Settings { bus: Some("amqp://127.0.0.1".into()), ..base() }, "--bus"),
+            (Settings { bus: Some("nats://127.0.0.1:99999".into()), ..base() }, "--bus"),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

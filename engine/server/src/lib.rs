@@ -34,6 +34,7 @@ mod signal;
 
 pub use api::{ConnId, Error, Handler, SendStatus, Stats, Upgrade, Upgrading};
 pub use config::{Backend, ConfigError, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
+pub use ringside_bus as bus;
 pub use ringside_proto as proto;
 pub use ringside_proto::handshake::Request;
 pub use ringside_proto::{CloseCode, Message};
