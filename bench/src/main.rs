@@ -6,6 +6,7 @@
 //! - `compare`: Ringside against peers and the raw TCP echo limit (issue 4's matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+//! - `cluster`: three broadcast nodes fanning a topic out over NATS, against one node.
 //! - `serve`: the echo server `idle` starts (not meant to be run by hand).
 
 use std::io::{self, Read, Write};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod chart;
+mod cluster;
 mod compare;
 mod fanout;
 mod procs;
@@ -119,6 +121,37 @@ enum Cmd {
         runs: usize,
         #[command(flatten)]
         cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Three broadcast nodes over NATS (the subscribers spread over them, one publisher on
+    /// the first) against one node with the same subscribers: deliveries/s, local and
+    /// cross-node latency, bus messages per publish, server CPU per delivery.
+    Cluster {
+        #[arg(long, default_value_t = 3000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Backend of the nodes.
+        #[arg(long, value_enum, default_value = "io-uring")]
+        backend: BackendArg,
+        /// CPUs for the nodes and nats-server (taskset list).
+        #[arg(long, default_value = "0")]
+        server_cpus: String,
+        /// CPUs for this benchmark's client threads.
+        #[arg(long, default_value = "1")]
+        load_cpus: String,
         #[command(flatten)]
         out: Out,
     },
@@ -265,6 +298,34 @@ fn main() {
                     load_cpus: cpus.load_cpus,
                     server_threads: cpus.server_threads,
                     load_threads: cpus.load_threads,
+                    doc: out.doc,
+                },
+                &command_line(),
+            )
+        }),
+        Cmd::Cluster {
+            subscribers,
+            nodes,
+            rate,
+            size,
+            secs,
+            warmup,
+            backend,
+            server_cpus,
+            load_cpus,
+            out,
+        } => prepare(&out).and_then(|()| {
+            cluster::main(
+                cluster::Options {
+                    subscribers: subscribers.max(1),
+                    nodes: nodes.max(2),
+                    rate,
+                    size: size.max(32),
+                    secs,
+                    warmup,
+                    backend: backend.flag().to_owned(),
+                    server_cpus,
+                    load_cpus,
                     doc: out.doc,
                 },
                 &command_line(),
