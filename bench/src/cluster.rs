@@ -43,6 +43,8 @@ pub struct Options {
     pub secs: f64,
     pub warmup: f64,
     pub backend: String,
+    /// Microseconds the reader polls without sleeping after its last event (see `receive`).
+    pub spin_us: u64,
     pub server_cpus: String,
     pub load_cpus: String,
     pub doc: PathBuf,
@@ -62,9 +64,13 @@ struct Outcome {
     /// CPU seconds in the window: every node together, and the bus server.
     server_cpu: f64,
     bus_cpu: f64,
-    /// NATS messages in and out during the window.
+    /// This process (the client) over the window.
+    client_cpu: f64,
+    /// NATS messages in and out over the whole run, and the publishes made in it (the
+    /// window's edges would cut publishes in flight).
     bus_in: u64,
     bus_out: u64,
+    all_publishes: u64,
     window: f64,
 }
 
@@ -140,7 +146,8 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
 fn print_outcome(what: &str, r: &Outcome) {
     eprintln!(
         "  {what}: {:.0} deliveries/s, local p50 {} p99 {} µs, cross-node p50 {} p99 {} µs, \
-         lost {}, reordered {}, server CPU {:.3} µs/delivery, bus in/out per publish {:.2}/{:.2}",
+         lost {}, reordered {}, server CPU {:.3} µs/delivery, bus in/out per publish {:.2}/{:.2}, \
+         client busy {:.0}%",
         r.deliveries as f64 / r.window,
         pct(&r.local, 0.50),
         pct(&r.local, 0.99),
@@ -149,8 +156,9 @@ fn print_outcome(what: &str, r: &Outcome) {
         r.lost,
         r.reordered,
         r.server_cpu * 1e6 / r.deliveries.max(1) as f64,
-        r.bus_in as f64 / r.publishes.max(1) as f64,
-        r.bus_out as f64 / r.publishes.max(1) as f64,
+        r.bus_in as f64 / r.all_publishes.max(1) as f64,
+        r.bus_out as f64 / r.all_publishes.max(1) as f64,
+        100.0 * r.client_cpu / r.window,
     );
 }
 
@@ -195,34 +203,43 @@ fn run(
         bus.wait_subscribers(&subject, addrs.len(), Duration::from_secs(10));
     }
     let publisher = connect(addrs[0])?;
+    let bus_before = bus.map_or((0, 0), BusServer::nats_messages);
 
     let epoch = Instant::now();
     let window = (Duration::from_secs_f64(o.warmup), Duration::from_secs_f64(o.warmup + o.secs));
     let published = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let pub_thread = {
-        let (published, stop) = (Arc::clone(&published), Arc::clone(&stop));
+        let (published, all, stop) = (Arc::clone(&published), Arc::clone(&all), Arc::clone(&stop));
         let (rate, size) = (o.rate, o.size);
-        std::thread::spawn(move || publish(publisher, epoch, window, rate, size, &published, &stop))
+        std::thread::spawn(move || {
+            publish(publisher, epoch, window, rate, size, [&published, &all], &stop)
+        })
     };
     let result = receive(o, subs, epoch, window, pids, bus);
     stop.store(true, Ordering::Relaxed);
     pub_thread.join().map_err(|_| io::Error::other("the publisher panicked"))??;
     let mut out = result?;
+    // Every publish has been delivered (or counted lost) by the end of the drain.
+    let bus_after = bus.map_or((0, 0), BusServer::nats_messages);
+    (out.bus_in, out.bus_out) = (bus_after.0 - bus_before.0, bus_after.1 - bus_before.1);
+    out.all_publishes = all.load(Ordering::Relaxed);
     out.publishes = published.load(Ordering::Relaxed);
     out.expected = out.publishes * o.subscribers as u64;
     out.lost = out.expected.saturating_sub(out.deliveries);
     Ok(out)
 }
 
-/// Publishes `rate` per second until the window ends; counts those stamped in the window.
+/// Publishes `rate` per second until the window ends; counts those stamped in the window, and
+/// all of them.
 fn publish(
     mut s: TcpStream,
     epoch: Instant,
     window: (Duration, Duration),
     rate: f64,
     size: usize,
-    published: &AtomicU64,
+    [published, all]: [&AtomicU64; 2],
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let mut text = String::with_capacity(size + 64);
@@ -240,6 +257,7 @@ fn publish(
             text.push('x');
         }
         send_text(&mut s, &text)?;
+        all.fetch_add(1, Ordering::Relaxed);
         if due >= window.0 {
             published.fetch_add(1, Ordering::Relaxed);
         }
@@ -277,10 +295,11 @@ fn receive(
     let mut events = Events::with_capacity(1024);
     let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let bus_pid = bus.and_then(BusServer::pid);
-    let bus_counts = || bus.map_or((0, 0), BusServer::nats_messages);
-    let mut start: Option<(f64, f64, (u64, u64))> = None;
-    let mut end: Option<(f64, f64, (u64, u64))> = None;
-    let sample = || (cpu(pids), bus_pid.map_or(0.0, cpu_seconds), bus_counts());
+    let mut start: Option<(f64, f64, f64)> = None;
+    let mut end: Option<(f64, f64, f64)> = None;
+    let me = std::process::id();
+    let mut last_event = Duration::ZERO;
+    let sample = || (cpu(pids), bus_pid.map_or(0.0, cpu_seconds), cpu_seconds(me));
     loop {
         let now = epoch.elapsed();
         if start.is_none() && now >= window.0 {
@@ -292,7 +311,15 @@ fn receive(
         if now >= window.1 + DRAIN {
             break;
         }
-        poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+        // Spinning a while after the last event before blocking: over loopback, a sleeping
+        // reader makes each of the servers' sends pay for waking it (an inter-processor
+        // interrupt), which a client on another host would not cost them.
+        let spinning = epoch.elapsed() < last_event + Duration::from_micros(o.spin_us);
+        let timeout = if spinning { Duration::ZERO } else { Duration::from_millis(10) };
+        poll.poll(&mut events, Some(timeout))?;
+        if !events.is_empty() {
+            last_event = epoch.elapsed();
+        }
         for event in &events {
             let c = &mut conns[event.token().0];
             loop {
@@ -337,7 +364,7 @@ fn receive(
     };
     out.server_cpu = e.0 - s.0;
     out.bus_cpu = e.1 - s.1;
-    (out.bus_in, out.bus_out) = (e.2 .0 - s.2 .0, e.2 .1 - s.2 .1);
+    out.client_cpu = e.2 - s.2;
     out.local.sort_unstable();
     out.cross.sort_unstable();
     Ok(out)
@@ -468,7 +495,8 @@ fn report(
         "Machine: {} (a 2-core VM shared with other work: builds ran beside this, so figures \
          are noisy). Date: {}. {} `ringside --app broadcast --bus nats://...` nodes ({} \
          backend, 1 worker each) and `nats-server` {}; the nodes on CPU(s) {}, this benchmark's \
-         client (one publisher thread, one thread reading every subscriber) on CPU(s) {}. {} \
+         client (one publisher thread, one thread reading every subscriber, polling {} µs \
+         after its last event before it sleeps) on CPU(s) {}. {} \
          subscribers of one topic, spread evenly over the nodes (connected directly); one \
          publisher on node 0 at {} publishes/s of {} B, open loop, measured for {} s after {} s \
          of warm-up. Then the same clients against one node with no bus. Latency is from the \
@@ -480,6 +508,7 @@ fn report(
         o.backend,
         nats_version(),
         o.server_cpus,
+        o.spin_us,
         o.load_cpus,
         o.subscribers,
         o.rate,
@@ -491,7 +520,8 @@ fn report(
     let _ = writeln!(
         md,
         "| run | deliveries/s | lost | reordered | local p50 / p99 (µs) | cross-node p50 / p99 \
-         (µs) | server CPU µs / delivery | bus CPU µs / publish |\n|---|---|---|---|---|---|---|---|"
+         (µs) | server CPU µs / delivery | bus CPU µs / publish | client busy |\n\
+         |---|---|---|---|---|---|---|---|---|"
     );
     for (name, r) in [("3 nodes over NATS", cluster), ("1 node", single)] {
         let cross = if r.cross.is_empty() {
@@ -506,25 +536,27 @@ fn report(
         };
         let _ = writeln!(
             md,
-            "| {name} | {:.0} | {} | {} | {} / {} | {cross} | {:.3} | {bus} |",
+            "| {name} | {:.0} | {} | {} | {} / {} | {cross} | {:.3} | {bus} | {:.0}% |",
             r.deliveries as f64 / r.window,
             r.lost,
             r.reordered,
             pct(&r.local, 0.5),
             pct(&r.local, 0.99),
             r.server_cpu * 1e6 / r.deliveries.max(1) as f64,
+            100.0 * r.client_cpu / r.window,
         );
     }
-    let per = |n: u64| n as f64 / cluster.publishes.max(1) as f64;
+    let per = |n: u64| n as f64 / cluster.all_publishes.max(1) as f64;
     let _ = writeln!(
         md,
-        "\nBus messages per publish (NATS `/varz` over the window): **{:.2} in, {:.2} out** \
+        "\nBus messages per publish (NATS `/varz` over the whole run, warm-up included): **{:.2} \
+         in, {:.2} out** \
          ({} publishes, {} nodes interested besides the publisher's; {} subscribers): one \
          message per interested node, not per subscriber. Server CPU per delivery, 3 nodes / 1 \
          node: **{:.2}x**.",
         per(cluster.bus_in),
         per(cluster.bus_out),
-        cluster.publishes,
+        cluster.all_publishes,
         o.nodes - 1,
         o.subscribers,
         (cluster.server_cpu / cluster.deliveries.max(1) as f64)
@@ -539,7 +571,10 @@ fn nats_version() -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "(version unknown)".into(), |v| v.trim().to_owned())
+        .map_or_else(
+            || "(version unknown)".into(),
+            |v| v.trim().trim_start_matches("nats-server: ").to_owned(),
+        )
 }
 
 #[cfg(test)]

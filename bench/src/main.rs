@@ -146,6 +146,9 @@ enum Cmd {
         /// Backend of the nodes.
         #[arg(long, value_enum, default_value = "io-uring")]
         backend: BackendArg,
+        /// Microseconds the client's reader polls without sleeping after its last event.
+        #[arg(long, default_value_t = 2000)]
+        spin_us: u64,
         /// CPUs for the nodes and nats-server (taskset list).
         #[arg(long, default_value = "0")]
         server_cpus: String,
@@ -311,6 +314,7 @@ fn main() {
             secs,
             warmup,
             backend,
+            spin_us,
             server_cpus,
             load_cpus,
             out,
@@ -324,6 +328,7 @@ fn main() {
                     secs,
                     warmup,
                     backend: backend.flag().to_owned(),
+                    spin_us,
                     server_cpus,
                     load_cpus,
                     doc: out.doc,
