@@ -8,6 +8,7 @@
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
 //! - `gateway`: the order-entry shape (orders to an engine thread, acks back through `Sender`)
 //!   against plain echo and against tokio-tungstenite with mpsc channels.
+//! - `cluster`: three broadcast nodes fanning a topic out over NATS, against one node.
 //! - `serve`: the echo server `idle` starts, or the gateway server `gateway` starts (not meant
 //!   to be run by hand).
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod chart;
+mod cluster;
 mod compare;
 mod fanout;
 mod gateway;
@@ -155,6 +157,40 @@ enum Cmd {
         note: String,
         #[command(flatten)]
         cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Three broadcast nodes over NATS (the subscribers spread over them, one publisher on
+    /// the first) against one node with the same subscribers: deliveries/s, local and
+    /// cross-node latency, bus messages per publish, server CPU per delivery.
+    Cluster {
+        #[arg(long, default_value_t = 3000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Backend of the nodes.
+        #[arg(long, value_enum, default_value = "io-uring")]
+        backend: BackendArg,
+        /// Microseconds the client's reader polls without sleeping after its last event.
+        #[arg(long, default_value_t = 2000)]
+        spin_us: u64,
+        /// CPUs for the nodes and nats-server (taskset list).
+        #[arg(long, default_value = "0")]
+        server_cpus: String,
+        /// CPUs for this benchmark's client threads.
+        #[arg(long, default_value = "1")]
+        load_cpus: String,
         #[command(flatten)]
         out: Out,
     },
@@ -352,6 +388,36 @@ fn main() {
                     load_cpus: cpus.load_cpus,
                     server_threads: cpus.server_threads,
                     load_threads: cpus.load_threads,
+                    doc: out.doc,
+                },
+                &command_line(),
+            )
+        }),
+        Cmd::Cluster {
+            subscribers,
+            nodes,
+            rate,
+            size,
+            secs,
+            warmup,
+            backend,
+            spin_us,
+            server_cpus,
+            load_cpus,
+            out,
+        } => prepare(&out).and_then(|()| {
+            cluster::main(
+                cluster::Options {
+                    subscribers: subscribers.max(1),
+                    nodes: nodes.max(2),
+                    rate,
+                    size: size.max(32),
+                    secs,
+                    warmup,
+                    backend: backend.flag().to_owned(),
+                    spin_us,
+                    server_cpus,
+                    load_cpus,
                     doc: out.doc,
                 },
                 &command_line(),

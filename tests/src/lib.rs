@@ -1,6 +1,8 @@
 //! Harness for the real-socket tests: start a server in-process on a chosen backend, and a
 //! blocking WebSocket client built on the protocol core, with every wait bounded.
 
+pub mod bus_support;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -251,6 +251,12 @@ impl fmt::Display for BusError {
 
 impl std::error::Error for BusError {}
 
+/// Checks `url` as [`connect`] would, without connecting: for a server that checks its
+/// settings before it starts anything.
+pub fn check_url(url: &str) -> Result<(), BusError> {
+    url::Endpoint::parse(url).map(|_| ())
+}
+
 /// Connects to `url` (`nats://host:port` or `redis://host:port`) with default [`Options`].
 pub fn connect(
     url: &str,

@@ -317,4 +317,9 @@ pub struct Stats {
     /// Accepts that failed for lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS);
     /// accepting resumes by itself once descriptors are free.
     pub accept_errors: u64,
+    /// Gaps the bus reported: times publishes from another node on a topic went missing (a
+    /// bus outage, a backlog that overflowed). Zero without a bus.
+    pub bus_gaps: u64,
+    /// Publishes from other nodes lost in those gaps.
+    pub bus_lost: u64,
 }

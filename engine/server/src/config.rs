@@ -191,6 +191,10 @@ pub struct Settings {
     /// Most pings and pongs a connection may send per second (1008 beyond), up to 65,535; 0:
     /// no limit. Default 1000.
     pub max_control_rate: u32,
+    /// A message bus (`nats://host:port` or `redis://host:port`) that carries topic publishes
+    /// to the other nodes of a cluster and theirs to this one (docs/cluster.md). Default none:
+    /// topics stay within this process.
+    pub bus: Option<String>,
 }
 
 impl Default for Settings {
@@ -217,6 +221,7 @@ impl Default for Settings {
             subprotocols: Vec::new(),
             health_path: None,
             tick: None,
+            bus: None,
             ring_entries: 4096,
             recv_buffers: 2048,
             recv_buffer_size: 32 << 10,
@@ -383,6 +388,11 @@ impl Settings {
                 return err("health_path", "--health-path", why);
             }
         }
+        if let Some(url) = &self.bus {
+            if let Err(e) = ringside_bus::check_url(url) {
+                return err("bus", "--bus", e.to_string());
+            }
+        }
         Ok(())
     }
 }
@@ -450,6 +460,8 @@ mod tests {
                 },
                 "--require-forwarded",
             ),
+            (Settings { bus: Some("amqp://127.0.0.1".into()), ..base() }, "--bus"),
+            (Settings { bus: Some("nats://127.0.0.1:99999".into()), ..base() }, "--bus"),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

@@ -35,6 +35,7 @@ mod signal;
 pub use api::{ConnId, Error, Handler, Response, SendStatus, Stats, Upgrade, Upgrading};
 pub use config::ProxyProtocol;
 pub use config::{Backend, ConfigError, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
+pub use ringside_bus as bus;
 pub use ringside_proto as proto;
 pub use ringside_proto::edge::{ForwardedHeader, TrustedProxies};
 pub use ringside_proto::handshake::Request;

@@ -127,6 +127,10 @@ struct Args {
     /// (default info), e.g. RUST_LOG=ringside=debug.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Fan topics out across nodes over this message bus: nats://host:port or
+    /// redis://host:port (user:password@ before the host if it wants one). See docs/cluster.md.
+    #[arg(long)]
+    bus: Option<String>,
     /// Print a line of counters (connections, publishes delivered, dropped, conflated,
     /// slow consumers closed) to stderr every this many seconds; 0: never.
     #[arg(long, default_value_t = 0)]
@@ -352,6 +356,7 @@ fn run(args: Args) -> io::Result<()> {
             ProxyArg::Required => ProxyProtocol::Required,
         },
         access_log: args.access_log,
+        bus: args.bus.clone(),
         ..Settings::default()
     };
     settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -430,8 +435,14 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
             let m = handle.stats();
             eprintln!(
                 "ringside: metrics: connections {}, delivered {}, dropped {}, conflated {}, \
-                 slow consumers closed {}",
-                m.connections, m.delivered, m.dropped, m.conflated, m.slow_closed
+                 slow consumers closed {}, bus gaps {} (lost {})",
+                m.connections,
+                m.delivered,
+                m.dropped,
+                m.conflated,
+                m.slow_closed,
+                m.bus_gaps,
+                m.bus_lost
             );
         }
     }

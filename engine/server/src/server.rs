@@ -126,6 +126,14 @@ impl Builder {
         self
     }
 
+    /// Fans topics out across nodes over a message bus: `nats://host:port` or
+    /// `redis://host:port` (docs/cluster.md). The server connects when it starts, and
+    /// `spawn` fails if the bus cannot be reached then; later outages are ridden out.
+    pub fn bus(mut self, url: &str) -> Self {
+        self.settings.bus = Some(url.to_owned());
+        self
+    }
+
     /// Sets the policy of the topics named `pattern` (or starting with it, if it ends with
     /// `*`). Rules are tried in the order they were added.
     pub fn topic(mut self, pattern: &str, policy: TopicPolicy) -> Self {
@@ -299,6 +307,12 @@ impl ServerHandle {
     /// Counters summed over the workers.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// The bus connection's counters (publishes sent and received, gaps, reconnects), or
+    /// none without a bus.
+    pub fn bus_stats(&self) -> Option<ringside_bus::BusStats> {
+        self.shared.bus.as_ref().map(ringside_bus::BusHandle::stats)
     }
 
     /// Graceful shutdown: stop accepting, close every connection with 1001, wait up to the

@@ -3,6 +3,7 @@
 //! the shutdown flag, their wakers and their command channels.
 
 pub(crate) mod backend;
+pub(crate) mod cluster;
 pub(crate) mod conn;
 pub(crate) mod handle;
 pub(crate) mod pubsub;
@@ -18,6 +19,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use ringside_bus::BusHandle;
 use ringside_proto::{CloseCode, Message};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -91,6 +93,11 @@ pub(crate) struct Shared {
     /// The handler type the workers run, so a deferred closure for another type is refused at
     /// the call instead of failing on the worker.
     pub(crate) handler: TypeId,
+    /// The message bus to the other nodes (`Settings::bus`), if any.
+    pub(crate) bus: Option<BusHandle>,
+    /// Gaps the bus reported, and the publishes lost in them.
+    bus_gaps: AtomicU64,
+    bus_lost: AtomicU64,
 }
 
 impl Shared {
@@ -119,6 +126,7 @@ impl Shared {
     /// Encodes `msg` once and hands every worker its own copy.
     pub(crate) fn publish(&self, topic: &str, key: u64, msg: Message<'_>) {
         let p = Publication::new(topic, key, msg);
+        self.publish_to_bus(&p);
         for worker in 1..self.workers() {
             self.send(worker, Command::Publish(vec![p.copied()]));
         }
@@ -136,6 +144,8 @@ impl Shared {
             total.stale += w.stale.load(Ordering::Relaxed);
             total.accept_errors += w.accept_errors.load(Ordering::Relaxed);
         }
+        total.bus_gaps = self.bus_gaps.load(Ordering::Relaxed);
+        total.bus_lost = self.bus_lost.load(Ordering::Relaxed);
         total
     }
 
@@ -265,7 +275,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Started workers: what they share and their threads.
 pub(crate) type Started = (Arc<Shared>, Vec<JoinHandle<io::Result<()>>>);
 
-/// Stops started workers and waits for them; the first error.
+/// Stops started workers and waits for them, then for the bus threads; the first error.
 pub(crate) fn stop((shared, threads): Started) -> io::Result<()> {
     shared.begin_shutdown();
     let mut result = Ok(());
@@ -274,6 +284,9 @@ pub(crate) fn stop((shared, threads): Started) -> io::Result<()> {
         if result.is_ok() {
             result = r;
         }
+    }
+    if let Some(bus) = &shared.bus {
+        bus.shutdown();
     }
     result
 }
@@ -289,14 +302,24 @@ where
     let wakers = (0..count).map(|_| Waker::new()).collect::<io::Result<Vec<_>>>()?;
     let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
         (0..count).map(|_| crossbeam_channel::unbounded()).unzip();
-    let shared = Arc::new(Shared {
+    let mut bus_error = None;
+    // The bus's sink reaches the workers through a weak reference (see `cluster::connect`).
+    let shared = Arc::new_cyclic(|me| Shared {
         shutdown: AtomicBool::new(false),
         wakers,
         wake_pending: (0..count).map(|_| AtomicBool::new(false)).collect(),
         inboxes,
         stats: (0..count).map(|_| WorkerStats::default()).collect(),
         handler: TypeId::of::<H>(),
+        bus: settings.bus.as_deref().and_then(|url| {
+            cluster::connect(url, me.clone()).map_err(|e| bus_error = Some(e)).ok()
+        }),
+        bus_gaps: AtomicU64::new(0),
+        bus_lost: AtomicU64::new(0),
     });
+    if let Some(e) = bus_error {
+        return Err(io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()));
+    }
     let cores =
         if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };
     let mut threads = Vec::with_capacity(count);

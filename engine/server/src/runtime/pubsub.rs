@@ -8,14 +8,18 @@
 //! reference count's cache line). Each worker delivers a batch in order, so one publisher's
 //! messages on a topic reach every subscriber in publish order.
 //!
+//! Across hosts, a message bus carries publishes (`Settings::bus`, `runtime::cluster`): a
+//! worker's first subscriber of a topic adds this node's interest on the bus, its last one
+//! leaving removes it.
+//!
 //! What it does not do: route publishes only to workers with subscribers (every worker gets
-//! every publish: with one worker per core that is a handful of channel sends per batch), or
-//! cross hosts (use a message bus, DESIGN.md).
+//! every publish: with one worker per core that is a handful of channel sends per batch).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringside_bus::BusHandle;
 use ringside_proto::frame::{self, OpCode};
 use ringside_proto::Message;
 use slab::Slab;
@@ -103,10 +107,17 @@ pub(crate) struct Topics {
     rules: Vec<TopicRule>,
     default: TopicPolicy,
     max_per_conn: usize,
+    /// Told when a topic appears here and when it goes (this node's interest on the bus).
+    bus: Option<BusHandle>,
 }
 
 impl Topics {
-    pub fn new(rules: Vec<TopicRule>, default: TopicPolicy, max_per_conn: usize) -> Self {
+    pub fn new(
+        rules: Vec<TopicRule>,
+        default: TopicPolicy,
+        max_per_conn: usize,
+        bus: Option<BusHandle>,
+    ) -> Self {
         Topics {
             by_name: HashMap::new(),
             topics: Slab::new(),
@@ -114,6 +125,7 @@ impl Topics {
             rules,
             default,
             max_per_conn,
+            bus,
         }
     }
 
@@ -127,8 +139,18 @@ impl Topics {
         if name.is_empty() || name.len() > MAX_TOPIC_LEN {
             return Err(SubscribeError::BadTopic);
         }
-        let id = match self.by_name.get(name) {
-            Some(&id) => id,
+        let existing = self.by_name.get(name).copied();
+        let subs = self.of_conn.get(&conn).map_or(&[][..], Vec::as_slice);
+        if existing.is_some_and(|id| subs.iter().any(|&(t, _)| t == id)) {
+            return Ok(false);
+        }
+        // Refused before a topic is made for it: a topic that never had a subscriber must not
+        // reach the bus (a removal without its addition would cancel another worker's).
+        if subs.len() >= self.max_per_conn {
+            return Err(SubscribeError::TooMany);
+        }
+        let id = match existing {
+            Some(id) => id,
             None => {
                 let name: Arc<str> = name.into();
                 let policy = self.policy_for(&name);
@@ -137,21 +159,15 @@ impl Topics {
                     subscribers: Vec::new(),
                     policy,
                 }) as u32;
-                self.by_name.insert(name, id);
+                self.by_name.insert(Arc::clone(&name), id);
+                if let Some(bus) = &self.bus {
+                    // Fails only once the bus is shut down, when interest no longer matters.
+                    let _ = bus.interest_added(&name);
+                }
                 id
             }
         };
         let subs = self.of_conn.entry(conn).or_default();
-        if subs.iter().any(|&(t, _)| t == id) {
-            return Ok(false);
-        }
-        if subs.len() >= self.max_per_conn {
-            if subs.is_empty() {
-                self.of_conn.remove(&conn);
-            }
-            self.drop_if_unused(id);
-            return Err(SubscribeError::TooMany);
-        }
         let topic = &mut self.topics[id as usize];
         subs.push((id, topic.subscribers.len() as u32));
         topic.subscribers.push(conn);
@@ -200,6 +216,9 @@ impl Topics {
         if self.topics[id as usize].subscribers.is_empty() {
             let topic = self.topics.remove(id as usize);
             self.by_name.remove(&topic.name);
+            if let Some(bus) = &self.bus {
+                bus.interest_removed(&topic.name);
+            }
         }
     }
 
@@ -252,7 +271,7 @@ mod tests {
             pattern: "price.*".into(),
             policy: TopicPolicy { slow_consumer: SlowConsumer::Conflate, limit: 10 },
         }];
-        Topics::new(rules, default, max)
+        Topics::new(rules, default, max, None)
     }
 
     fn subscribers(t: &Topics, name: &str) -> Vec<usize> {

@@ -87,12 +87,14 @@ impl<H: Handler> Core<H> {
     }
 
     /// Delivers the publishes handler callbacks made: here at once, to other workers with this
-    /// iteration's batch.
+    /// iteration's batch, to other nodes through the bus (once each: publishes that arrive
+    /// from the bus or another worker come as `Command::Publish` and never pass here).
     pub(super) fn drain_outbox(&mut self) {
         let me = usize::from(self.local.worker);
         while !self.local.outbox.is_empty() {
             let mut outbox = std::mem::take(&mut self.local.outbox);
             for p in outbox.drain(..) {
+                self.local.shared.publish_to_bus(&p);
                 self.deliver(&p);
                 for (worker, batch) in self.remote.iter_mut().enumerate() {
                     if worker != me {

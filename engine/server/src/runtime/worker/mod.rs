@@ -106,6 +106,7 @@ impl<H: Handler> Core<H> {
             settings.topic_rules.clone(),
             TopicPolicy { slow_consumer: settings.slow_consumer, limit: settings.send_limit },
             settings.max_subscriptions,
+            shared.bus.clone(),
         );
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);

@@ -198,6 +198,9 @@ impl<H: Handler> Rig<H> {
             inboxes: vec![tx],
             stats: vec![WorkerStats::default()],
             handler: TypeId::of::<H>(),
+            bus: None,
+            bus_gaps: Default::default(),
+            bus_lost: Default::default(),
         });
         let core = Core::new(0, handler, settings, Arc::clone(&shared));
         Rig { core, fake: Fake::new(), inbox: rx, shared, now: 0, clients: HashMap::new() }
