@@ -73,6 +73,14 @@ impl Deflater {
         self.no_context_takeover
     }
 
+    /// Forgets the context: the next message starts fresh, as after a message without context
+    /// takeover. Always valid for the peer, whose window is then never referred to; for a
+    /// sender that compressed a message and did not send it (dropped for a slow consumer), so
+    /// that no later message refers to bytes the peer never got.
+    pub fn reset(&mut self) {
+        self.inner.reset();
+    }
+
     /// Appends `payload`, compressed, to `out`: the payload of a frame with RSV1 set
     /// (section 7.2.1: DEFLATE, a sync flush, the final `00 00 ff ff` removed). An empty payload
     /// becomes the single byte `00` (section 7.2.3.6).
