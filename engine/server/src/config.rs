@@ -42,6 +42,25 @@ pub enum SlowConsumer {
     Conflate,
 }
 
+/// permessage-deflate (RFC 7692): whether and how the server compresses what it sends. What
+/// clients send compressed is inflated in every mode but `Off`, within `max_message_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Offers are declined: every connection talks uncompressed.
+    Off,
+    /// Every message is compressed with a fresh context (the server answers
+    /// `server_no_context_takeover`, and asks the client for `client_no_context_takeover`), by
+    /// one compressor per worker: a connection holds no compression memory while idle, and a
+    /// publish is compressed once per worker for all its subscribers.
+    Shared,
+    /// Each connection has its own compressor that keeps context between messages (better
+    /// ratios for streams of similar messages), with a window of `deflate_window` bits, and
+    /// clients may keep context too: a few hundred KiB per connection (docs/tuning.md), within
+    /// `deflate_memory`. Publishes are compressed per subscriber.
+    Dedicated,
+}
+
 /// How a topic treats a subscriber that falls behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicPolicy {
@@ -122,6 +141,20 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Most connections one worker holds (further accepts are refused). Default 1,000,000.
     pub max_connections_per_worker: usize,
+    /// permessage-deflate. Default off.
+    pub deflate: Compression,
+    /// The window of a dedicated compressor, bits (9..=15): 9 holds about 245 KiB per
+    /// connection, 15 about 371 KiB (docs/tuning.md). A client's smaller limit wins. Default 15.
+    pub deflate_window: u8,
+    /// Messages with a payload shorter than this many bytes are sent uncompressed (the
+    /// extension allows any message uncompressed): compressing a few bytes costs more CPU than
+    /// it saves on the wire. Default 128.
+    pub deflate_threshold: usize,
+    /// Per worker, the bytes of deflate state that connections may hold between messages
+    /// (dedicated compressors, and inflaters of clients that keep context). Once spent, new
+    /// connections are answered without the extension (never refused) until some close.
+    /// Shared mode with no client context holds none per connection. Default 128 MiB.
+    pub deflate_memory: usize,
 }
 
 impl Default for Settings {
@@ -153,6 +186,10 @@ impl Default for Settings {
             recv_buffer_size: 32 << 10,
             shutdown_timeout: Duration::from_secs(5),
             max_connections_per_worker: 1_000_000,
+            deflate: Compression::Off,
+            deflate_window: 15,
+            deflate_threshold: 128,
+            deflate_memory: 128 << 20,
         }
     }
 }
@@ -261,6 +298,10 @@ impl Settings {
                 return err("subprotocols", "--subprotocols", why);
             }
         }
+        if !(9..=15).contains(&self.deflate_window) {
+            let why = format!("{} is outside 9 to 15 (bits)", self.deflate_window);
+            return err("deflate_window", "--deflate-window", why);
+        }
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') {
                 let why = format!("{path:?} does not start with '/'");
@@ -298,6 +339,8 @@ mod tests {
             (Settings { max_connections_per_worker: 0, ..base() }, "--max-connections-per-worker"),
             (Settings { subprotocols: vec!["a b".into()], ..base() }, "--subprotocols"),
             (Settings { health_path: Some("health".into()), ..base() }, "--health-path"),
+            (Settings { deflate_window: 8, ..base() }, "--deflate-window"),
+            (Settings { deflate_window: 16, ..base() }, "--deflate-window"),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use ringside_proto::{CloseCode, Message};
 
 use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
-use crate::config::{Backend, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
+use crate::config::{
+    Backend, Compression, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers,
+};
 use crate::runtime::handle::Ctx;
 use crate::runtime::worker::Core;
 use crate::runtime::{self, pubsub, Command};
@@ -99,6 +101,14 @@ impl Builder {
         max_connections_per_worker: usize,
         /// Share the port with other processes.
         reuse_port: bool,
+        /// permessage-deflate: off, shared or dedicated compressors.
+        deflate: Compression,
+        /// Window bits of a dedicated compressor (9..=15).
+        deflate_window: u8,
+        /// Payloads shorter than this are sent uncompressed.
+        deflate_threshold: usize,
+        /// Per-worker budget for deflate state held between messages, bytes.
+        deflate_memory: usize,
     }
 
     /// Answers `200 ok` to a plain GET of `path` (a load balancer's health check).

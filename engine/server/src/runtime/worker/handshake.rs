@@ -40,6 +40,8 @@ impl<H: Handler> Core<H> {
             }
         };
         let peer = pending.peer;
+        // permessage-deflate as agreed (within the worker's budget) and how sends compress.
+        let mut deflate = None;
         let (reply, head_len, accepted) = match handshake::parse_request(whole, &self.handshake) {
             // A blank line is there, so the parser cannot want more: refuse rather than wait.
             Ok(None) => {
@@ -49,11 +51,15 @@ impl<H: Handler> Core<H> {
             Ok(Some(req)) => {
                 let head_len = req.head_len();
                 match handshake::validate(&req, &self.handshake) {
-                    Ok(accept) => {
+                    Ok(mut accept) => {
                         let upgrading =
                             Upgrading { request: &req, peer, protocol: accept.protocol };
                         match self.handler.on_upgrade(&upgrading) {
                             Upgrade::Accept(data) => {
+                                let local = &mut self.local;
+                                let send =
+                                    local.deflate.admit(id, &mut accept.deflate, &mut local.counts);
+                                deflate = accept.deflate.as_ref().map(|n| (n.params, send));
                                 let mut out = Vec::with_capacity(160);
                                 accept.write_response(None, &mut out);
                                 let protocol = accept
@@ -103,7 +109,12 @@ impl<H: Handler> Core<H> {
             self.request_close(id, false);
             return;
         };
-        let proto = Connection::new(Role::Server, self.proto);
+        let mut proto = Connection::new(Role::Server, self.proto);
+        if let Some((params, send)) = deflate {
+            // The worker compresses sends itself (`runtime::deflate`); the core inflates.
+            proto.enable_deflate(params, None);
+            conn.io.deflate = send;
+        }
         conn.phase = Phase::Open(Box::new(Open { proto, app }));
         self.callback(id, |h, ws| h.on_open(ws));
         if !rest.is_empty() {
