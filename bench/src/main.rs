@@ -21,7 +21,9 @@ mod fanout;
 mod procs;
 mod scale;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
+use ringside_proto::deflate::{DeflateOffer, DeflateParams};
 use ringside_proto::handshake;
+use ringside_proto::{OpCode, Role};
 
 #[derive(Debug, Parser)]
 #[command(name = "ringside-bench", about = "Ringside measurements that need a running server")]
@@ -40,6 +42,11 @@ enum Cmd {
         /// Backend of the server under test.
         #[arg(long, value_enum, default_value = "io-uring")]
         backend: BackendArg,
+        /// Serve with this permessage-deflate mode, have every client offer it (as browsers
+        /// do) and exchange one 300-byte JSON message (compressed where agreed) before going
+        /// idle. Without it, connections go idle right after the upgrade.
+        #[arg(long, value_enum)]
+        deflate: Option<DeflateArg>,
     },
     /// Ringside against peer servers and the raw TCP echo limit: the whole matrix, open loop at
     /// equal load, connect rate, idle memory; writes docs/benchmarks.md and SVG charts.
@@ -130,7 +137,26 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        #[arg(long, value_enum, default_value = "off")]
+        deflate: DeflateArg,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeflateArg {
+    Off,
+    Shared,
+    Dedicated,
+}
+
+impl DeflateArg {
+    fn flag(self) -> &'static str {
+        match self {
+            DeflateArg::Off => "off",
+            DeflateArg::Shared => "shared",
+            DeflateArg::Dedicated => "dedicated",
+        }
+    }
 }
 
 /// Where servers and the load generator run.
@@ -188,8 +214,10 @@ impl Handler for Echo {
 fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Cmd::Serve { backend, listen, workers } => serve(backend, listen, workers),
-        Cmd::Idle { conns, backend } => idle(conns, backend),
+        Cmd::Serve { backend, listen, workers, deflate } => {
+            serve(backend, listen, workers, deflate)
+        }
+        Cmd::Idle { conns, backend, deflate } => idle(conns, backend, deflate),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {
                 compare::main(
@@ -277,7 +305,12 @@ fn main() {
     }
 }
 
-fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<()> {
+fn serve(
+    backend: BackendArg,
+    listen: SocketAddr,
+    workers: usize,
+    deflate: DeflateArg,
+) -> io::Result<()> {
     let server = Server::builder()
         .bind(listen)?
         .backend(match backend {
@@ -286,6 +319,13 @@ fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<
         })
         .workers(Workers::Count(workers))
         .idle_timeout(Duration::from_secs(3600))
+        .deflate(match deflate {
+            DeflateArg::Off => ringside::Compression::Off,
+            DeflateArg::Shared => ringside::Compression::Shared,
+            DeflateArg::Dedicated => ringside::Compression::Dedicated,
+        })
+        // Room for every connection: the budget is not what this measures.
+        .deflate_memory(usize::MAX / 2)
         .build(|| Echo)?;
     println!("listening on {}", server.local_addr());
     server.run()
@@ -293,11 +333,23 @@ fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<
 
 /// Opens a WebSocket connection (handshake done) and leaves it idle.
 fn open(addr: SocketAddr) -> io::Result<TcpStream> {
+    open_offering(addr, None).map(|(stream, _)| stream)
+}
+
+/// Opens a connection offering permessage-deflate as `offer` says (none: no extension); returns
+/// it with what the server agreed to.
+fn open_offering(
+    addr: SocketAddr,
+    offer: Option<DeflateOffer>,
+) -> io::Result<(TcpStream, Option<DeflateParams>)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let key = handshake::generate_key();
     let mut req = Vec::with_capacity(256);
-    handshake::write_client_request(&addr.to_string(), "/", &key, &[], &[], &mut req);
+    let value = offer.map(|o| o.header_value());
+    let headers: Vec<(&str, &str)> =
+        value.iter().map(|v| ("Sec-WebSocket-Extensions", v.as_str())).collect();
+    handshake::write_client_request(&addr.to_string(), "/", &key, &[], &headers, &mut req);
     stream.write_all(&req)?;
     let mut buf = [0u8; 512];
     let mut len = 0;
@@ -308,12 +360,62 @@ fn open(addr: SocketAddr) -> io::Result<TcpStream> {
         }
         len += n;
         match handshake::parse_response(&buf[..len], &key, &[]) {
-            Ok(Some(_)) => return Ok(stream),
+            Ok(Some(accepted)) => {
+                let agreed = match offer {
+                    Some(o) => o
+                        .accept(accepted.extensions.as_deref())
+                        .map_err(|e| io::Error::other(e.to_string()))?,
+                    None => None,
+                };
+                return Ok((stream, agreed));
+            }
             Ok(None) if len < buf.len() => {}
             Ok(None) => return Err(io::Error::other("handshake response too long")),
             Err(e) => return Err(io::Error::other(e.to_string())),
         }
     }
+}
+
+/// Sends one 300-byte JSON text, compressed if `agreed`, and reads its echo whole.
+fn exchange(stream: &mut TcpStream, agreed: Option<DeflateParams>) -> io::Result<()> {
+    let mut text = String::from(r#"{"type":"tick","symbol":"ACME","bid":101.25,"ask":101.27,"#);
+    while text.len() < 299 {
+        text.push_str(r#""pad":"xxxxxxxx","#);
+    }
+    text.truncate(299);
+    text.push('}');
+    let mut frame = Vec::new();
+    match agreed {
+        Some(p) => p.deflater(Role::Client, 1).write_frame(
+            OpCode::Text,
+            Some(rand_key()),
+            text.as_bytes(),
+            &mut frame,
+        ),
+        None => ringside_proto::frame::write_frame(
+            &mut frame,
+            true,
+            OpCode::Text,
+            Some(rand_key()),
+            text.as_bytes(),
+        ),
+    }
+    stream.write_all(&frame)?;
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head[..2])?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            stream.read_exact(&mut head[2..4])?;
+            usize::from(u16::from_be_bytes([head[2], head[3]]))
+        }
+        n => usize::from(n),
+    };
+    let compressed = head[0] & 0x40 != 0;
+    if compressed != agreed.is_some() {
+        return Err(io::Error::other(format!("echo compressed: {compressed}, agreed: {agreed:?}")));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)
 }
 
 /// Opens `n` connections, echoing one small message on each (so each used a receive buffer
@@ -348,19 +450,39 @@ fn rand_key() -> [u8; 4] {
     t.to_le_bytes()
 }
 
-fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
+fn idle(conns: usize, backend: BackendArg, deflate: Option<DeflateArg>) -> io::Result<()> {
     let exe = std::env::current_exe()?;
-    let args = ["serve".to_owned(), "--backend".into(), backend.flag().into()];
+    let mode = deflate.unwrap_or(DeflateArg::Off).flag();
+    let args = ["serve", "--backend", backend.flag(), "--deflate", mode].map(String::from);
     let server = procs::ServerProcess::start("0", &exe, &args)?;
     let rss = || procs::rss(server.pid());
     let warm = (conns / 10).clamp(1, 1_000);
     warm_up(server.addr, warm)?;
+    // With --deflate every connection offers the extension (browsers' default offer) and
+    // exchanges one message; warm-up connections first, so the worker's shared compressor
+    // exists before the baseline.
+    let offer = deflate.map(|_| DeflateOffer::default());
+    let open = |addr| -> io::Result<(TcpStream, bool)> {
+        let (mut stream, agreed) = open_offering(addr, offer)?;
+        if deflate.is_some() {
+            exchange(&mut stream, agreed)?;
+        }
+        Ok((stream, agreed.is_some()))
+    };
+    if deflate.is_some() {
+        let warm: Vec<_> = (0..warm).map(|_| open(server.addr)).collect::<io::Result<_>>()?;
+        drop(warm);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut agreed_count = 0;
     let base = rss()?;
     let started = Instant::now();
     let mut held = Vec::with_capacity(conns);
     let mut half_rss = 0;
     for i in 0..conns {
-        held.push(open(server.addr)?);
+        let (stream, agreed) = open(server.addr)?;
+        agreed_count += usize::from(agreed);
+        held.push(stream);
         if i + 1 == conns / 2 {
             std::thread::sleep(Duration::from_millis(500));
             half_rss = rss()?;
@@ -386,6 +508,13 @@ fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
          {slope:.0} B (slope from {} to {conns})",
         conns / 2
     );
+    if let Some(mode) = deflate {
+        println!(
+            "permessage-deflate {}: agreed on {agreed_count} of {conns} connections, one \
+             300-byte message exchanged on each",
+            mode.flag()
+        );
+    }
     drop(held);
     Ok(())
 }

@@ -100,6 +100,11 @@ pub struct Common {
     /// for waking it (an inter-processor interrupt); a real client is on another host.
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, as browsers do)
+    /// and inflate the messages the server compresses; what we send stays uncompressed. Reports
+    /// then count wire bytes per delivery (`wire_bytes_per_msg`) beside the payload bytes.
+    #[arg(long)]
+    pub deflate: bool,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

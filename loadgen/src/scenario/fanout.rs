@@ -185,7 +185,7 @@ impl Fanout {
         }
     }
 
-    fn delivery(&mut self, d: &mut Driver, id: usize, text: &[u8], now: u64) {
+    fn delivery(&mut self, d: &mut Driver, id: usize, text: &[u8], wire_len: u64, now: u64) {
         let Some([p, topic, seq, sent]) = parse_fields(text) else {
             let sample = String::from_utf8_lossy(&text[..text.len().min(60)]).into_owned();
             d.fail(id, Kind::Protocol, || format!("an unparsable delivery: {sample:?}"));
@@ -215,6 +215,13 @@ impl Fanout {
         if in_window(&self.times, sent) {
             self.tally.messages += 1;
             self.tally.bytes += text.len() as u64;
+            // The frame header: 2 bytes, plus 2 or 8 for longer payloads.
+            let header = match wire_len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            self.tally.wire_bytes += wire_len + header;
             self.tally.latency.saturating_record(now.saturating_sub(sent).max(1));
         }
         // A publisher hearing itself back (saturation): room for one more in its window.
@@ -270,7 +277,7 @@ impl Behavior for Fanout {
             let msg = String::from_utf8_lossy(&text[..text.len().min(80)]).into_owned();
             d.errors.count(Kind::Protocol, || format!("the server answered {msg:?}"));
         } else {
-            self.delivery(d, id, text, now);
+            self.delivery(d, id, text, f.wire_len, now);
         }
     }
 
