@@ -257,3 +257,190 @@ pub fn rss_and_peak() -> io::Result<(u64, u64)> {
 pub fn reset_peak_rss() -> io::Result<()> {
     std::fs::write("/proc/self/clear_refs", "5")
 }
+
+/// What a [`WireTap`] saw of the server's side of the streams it relayed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tapped {
+    /// Connections relayed.
+    pub connections: u64,
+    /// Each 101's `Sec-WebSocket-Extensions` value (`None`: no extension agreed).
+    pub extensions: Vec<Option<String>>,
+    /// Data messages the server sent, and how many of them came compressed (RSV1).
+    pub messages: u64,
+    pub compressed: u64,
+    /// Payload bytes of the server's data frames, as on the wire.
+    pub payload_bytes: u64,
+}
+
+/// A TCP relay between clients and the server that reads the server's side: the upgrade
+/// response and every frame header. It tells what a client that shows no wire (a browser) got:
+/// whether the extension was agreed and whether messages really came compressed.
+#[derive(Debug)]
+pub struct WireTap {
+    /// Where clients connect instead of the server.
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Tapped>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a relay may live at most (every loop in a test is bounded).
+const TAP_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl WireTap {
+    /// Starts relaying to `server` on a free loopback port.
+    pub fn start(server: SocketAddr) -> io::Result<WireTap> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Tapped::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let born = Instant::now();
+            while !stop2.load(Ordering::Relaxed) && born.elapsed() < TAP_LIFETIME {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        if let Ok(upstream) = TcpStream::connect_timeout(&server, WAIT) {
+                            relay(client, upstream, Arc::clone(&seen2), Arc::clone(&stop2));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(WireTap { addr, seen, stop })
+    }
+
+    /// What was seen so far.
+    pub fn seen(&self) -> Tapped {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for WireTap {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies both ways between `client` and `server` (one thread each), reading the server's
+/// side into `seen`; each side's end is passed on as a shutdown of the other's writing half.
+fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    seen: std::sync::Arc<std::sync::Mutex<Tapped>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::Read;
+    use std::net::Shutdown;
+    let pump = move |mut from: TcpStream, mut to: TcpStream, mut scan: Option<Scanner>| {
+        let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+        let born = Instant::now();
+        let mut buf = vec![0u8; 64 << 10];
+        while born.elapsed() < TAP_LIFETIME && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Some(s) = scan.as_mut() {
+                        s.feed(&buf[..n]);
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    };
+    let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else { return };
+    let scanner = Scanner { seen, head: Vec::new(), in_frames: false, header: Vec::new(), skip: 0 };
+    std::thread::spawn({
+        let pump = pump.clone();
+        move || pump(client, server2, None)
+    });
+    std::thread::spawn(move || pump(server, client2, Some(scanner)));
+}
+
+/// Reads a server's byte stream: the response head, then frame headers (payloads skipped).
+struct Scanner {
+    seen: std::sync::Arc<std::sync::Mutex<Tapped>>,
+    head: Vec<u8>,
+    in_frames: bool,
+    /// A frame header cut by the end of a read.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to skip.
+    skip: u64,
+}
+
+impl Scanner {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        if !self.in_frames {
+            let from = self.head.len().saturating_sub(3);
+            self.head.extend_from_slice(bytes);
+            let Some(end) = self.head[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            let end = from + end + 4;
+            let head = String::from_utf8_lossy(&self.head[..end]).into_owned();
+            let ext = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-extensions")
+                    .then(|| value.trim().to_owned())
+            });
+            let rest = self.head[end..].to_vec();
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.connections += 1;
+                seen.extensions.push(ext);
+            }
+            self.in_frames = true;
+            self.head = Vec::new();
+            return self.feed(&rest);
+        }
+        let rules = DecodeRules { expect_masked: false, max_frame_size: u64::MAX >> 1 };
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len() as u64);
+                self.skip -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            let had = self.header.len();
+            let take = (frame::MAX_HEADER_LEN - had).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..take]);
+            match frame::decode_header_deflate(&self.header, rules) {
+                Ok(Some((h, n))) => {
+                    bytes = &bytes[n - had..];
+                    self.header.clear();
+                    self.skip = h.len;
+                    if matches!(h.opcode, OpCode::Text | OpCode::Binary) {
+                        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                        seen.messages += 1;
+                        seen.compressed += u64::from(h.rsv1);
+                        seen.payload_bytes += h.len;
+                    } else if h.opcode == OpCode::Continuation {
+                        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                        seen.payload_bytes += h.len;
+                    }
+                }
+                Ok(None) => bytes = &bytes[take..],
+                // Not a frame stream we understand: stop reading it.
+                Err(_) => {
+                    self.skip = u64::MAX;
+                    return;
+                }
+            }
+        }
+    }
+}
