@@ -6,6 +6,7 @@
 //! - `compare`: Ringside against peers and the raw TCP echo limit (issue 4's matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+//! - `compression`: permessage-deflate off, shared and dedicated on a market-data fan-out.
 //! - `serve`: the echo server `idle` starts (not meant to be run by hand).
 
 use std::io::{self, Read, Write};
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod chart;
 mod compare;
+mod compression;
 mod fanout;
 mod procs;
 mod scale;
@@ -124,6 +126,30 @@ enum Cmd {
         window: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// permessage-deflate off / shared / dedicated on a market-data fan-out (JSON quotes).
+    Compression {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u64,
+        /// Symbols the quotes are for.
+        #[arg(long, default_value_t = 300)]
+        symbols: u32,
+        /// Publishes per second in the fixed-rate run.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Publishes in flight at saturation.
+        #[arg(long, default_value_t = 16)]
+        window: u64,
+        /// A uWebSockets pub/sub server with SHARED_COMPRESSOR to compare with (built by
+        /// bench/peers/uws/build.sh).
+        #[arg(long)]
+        uws: Option<PathBuf>,
         #[command(flatten)]
         cpus: Cpus,
         #[command(flatten)]
@@ -298,6 +324,25 @@ fn main() {
                 &command_line(),
             )
         }),
+        Cmd::Compression { subscribers, symbols, rate, secs, window, uws, cpus, out } => {
+            prepare(&out).and_then(|()| {
+                compression::main(
+                    compression::Options {
+                        subscribers,
+                        symbols,
+                        rate,
+                        secs,
+                        window,
+                        server_cpus: cpus.server_cpus,
+                        load_cpus: cpus.load_cpus,
+                        load_threads: cpus.load_threads,
+                        uws,
+                        doc: out.doc,
+                    },
+                    &command_line(),
+                )
+            })
+        }
     };
     if let Err(e) = result {
         eprintln!("ringside-bench: {e}");

@@ -15,6 +15,8 @@
 //! (RSV1) are inflated into the connection's message buffer and handed out from there, the
 //! message size limit counting inflated bytes. Off, it costs one pointer.
 
+use std::cell::Cell;
+
 use crate::close::{self, CloseCode, CloseFrame};
 use crate::deflate::{DeflateParams, Deflater, Inflater};
 use crate::error::Error;
@@ -124,6 +126,14 @@ pub struct Connection {
     deflate: Option<Box<Deflate>>,
 }
 
+thread_local! {
+    /// One spare deflate record per thread: a connection whose peer keeps no context needs one
+    /// only while it reads a compressed message, and a server reads those one at a time per
+    /// thread; reusing it (like the inflate states, see `deflate::codec`) keeps a small
+    /// allocation per message from interleaving with connections' long-lived ones.
+    static SPARE_RECORD: Cell<Option<Box<Deflate>>> = const { Cell::new(None) };
+}
+
 /// A connection's permessage-deflate state.
 #[derive(Debug)]
 struct Deflate {
@@ -190,15 +200,25 @@ impl Connection {
     ) -> Option<&mut Deflate> {
         let params = params?;
         Some(slot.get_or_insert_with(|| {
-            Box::new(Deflate { inflater: Self::inflater_for(params, role), deflater: None })
+            let fresh = Deflate { inflater: Self::inflater_for(params, role), deflater: None };
+            match SPARE_RECORD.try_with(Cell::take).ok().flatten() {
+                Some(mut record) => {
+                    *record = fresh;
+                    record
+                }
+                None => Box::new(fresh),
+            }
         }))
     }
 
-    /// Frees the deflate state if it holds nothing the next message needs.
+    /// Frees the deflate state if it holds nothing the next message needs (the record goes to
+    /// this thread's spare).
     fn trim_deflate(&mut self) {
         if self.deflate.as_ref().is_some_and(|d| d.deflater.is_none() && !d.inflater.is_allocated())
         {
-            self.deflate = None;
+            if let Some(record) = self.deflate.take() {
+                let _ = SPARE_RECORD.try_with(|spare| spare.set(Some(record)));
+            }
         }
     }
 
