@@ -6,7 +6,9 @@
 //! delivery (the compression ratio), and server RSS per connection.
 //!
 //! With `--uws PATH`, a uWebSockets build of the same protocol (`bench/peers/uws`, built by
-//! `bench/peers/uws/build.sh`) runs too, with its SHARED_COMPRESSOR.
+//! `bench/peers/uws/build.sh`) runs too, with its SHARED_COMPRESSOR, twice: publishing with
+//! `App::publish(.., compress = true)` (compressed per subscriber) and with
+//! `Loop::prepareMessage` + `App::publishPrepared` (compressed once per publish).
 
 use std::fmt::Write as _;
 use std::io;
@@ -69,9 +71,14 @@ fn contenders(bins: &Path, o: &Options) -> Vec<Contender> {
     let mut all = vec![ringside("off"), ringside("shared"), ringside("dedicated")];
     if let Some(uws) = &o.uws {
         all.push(Contender {
-            name: "uWebSockets SHARED_COMPRESSOR".into(),
+            name: "uWebSockets SHARED_COMPRESSOR, publish".into(),
             bin: uws.clone(),
             args: vec!["0".into()],
+        });
+        all.push(Contender {
+            name: "uWebSockets SHARED_COMPRESSOR, prepareMessage + publishPrepared".into(),
+            bin: uws.clone(),
+            args: vec!["0".into(), "prepared".into()],
         });
     }
     all
@@ -182,8 +189,8 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         md,
         "| server | deliveries/s (fixed) | server CPU µs / delivery (fixed) | p50 / p99 latency \
          (µs, fixed) | deliveries/s (saturation) | server CPU µs / delivery (saturation) | \
-         load generator busy (saturation) | payload B / delivery | wire B / delivery | ratio | \
-         RSS / connection |\n|---|---|---|---|---|---|---|---|---|---|---|"
+         server / load generator busy (saturation) | payload B / delivery | wire B / delivery | \
+         ratio | RSS / connection |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (c, row) in cs.iter().zip(&rows) {
         let get = |i: usize, path: &str| row[i].as_ref().map_or(f64::NAN, |(r, _)| num(r, path));
@@ -194,8 +201,8 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         let wire = get(0, "wire_bytes_per_msg");
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.3} | {:.0} / {:.0} | {:.0} | {:.3} | {:.0}% | {:.1} | {:.1} | \
-             {:.2} | {:.0} B |",
+            "| {} | {:.0} | {:.3} | {:.0} / {:.0} | {:.0} | {:.3} | {:.0}% / {:.0}% | {:.1} | \
+             {:.1} | {:.2} | {:.0} B |",
             c.name,
             get(0, "deliveries_per_s"),
             get(0, "server.cpu_us_per_delivery"),
@@ -203,6 +210,7 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
             get(0, "latency_us.p99"),
             get(1, "deliveries_per_s"),
             get(1, "server.cpu_us_per_delivery"),
+            100.0 * get(1, "server.cpu_util"),
             100.0 * get(1, "loadgen.cpu_util"),
             payload,
             wire,
