@@ -9,6 +9,7 @@
 //! - `gateway`: the order-entry shape (orders to an engine thread, acks back through `Sender`)
 //!   against plain echo and against tokio-tungstenite with mpsc channels.
 //! - `cluster`: three broadcast nodes fanning a topic out over NATS, against one node.
+//! - `compression`: permessage-deflate off, shared and dedicated on a market-data fan-out.
 //! - `serve`: the echo server `idle` starts, or the gateway server `gateway` starts (not meant
 //!   to be run by hand).
 
@@ -22,12 +23,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod chart;
 mod cluster;
 mod compare;
+mod compression;
 mod fanout;
 mod gateway;
 mod procs;
 mod scale;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
+use ringside_proto::deflate::{DeflateOffer, DeflateParams};
 use ringside_proto::handshake;
+use ringside_proto::{OpCode, Role};
 
 #[derive(Debug, Parser)]
 #[command(name = "ringside-bench", about = "Ringside measurements that need a running server")]
@@ -46,6 +50,11 @@ enum Cmd {
         /// Backend of the server under test.
         #[arg(long, value_enum, default_value = "io-uring")]
         backend: BackendArg,
+        /// Serve with this permessage-deflate mode, have every client offer it (as browsers
+        /// do) and exchange one 300-byte JSON message (compressed where agreed) before going
+        /// idle. Without it, connections go idle right after the upgrade.
+        #[arg(long, value_enum)]
+        deflate: Option<DeflateArg>,
     },
     /// Ringside against peer servers and the raw TCP echo limit: the whole matrix, open loop at
     /// equal load, connect rate, idle memory; writes docs/benchmarks.md and SVG charts.
@@ -160,6 +169,30 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
+    /// permessage-deflate off / shared / dedicated on a market-data fan-out (JSON quotes).
+    Compression {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u64,
+        /// Symbols the quotes are for.
+        #[arg(long, default_value_t = 300)]
+        symbols: u32,
+        /// Publishes per second in the fixed-rate run.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Publishes in flight at saturation.
+        #[arg(long, default_value_t = 16)]
+        window: u64,
+        /// A uWebSockets pub/sub server with SHARED_COMPRESSOR to compare with (built by
+        /// bench/peers/uws/build.sh).
+        #[arg(long)]
+        uws: Option<PathBuf>,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Three broadcast nodes over NATS (the subscribers spread over them, one publisher on
     /// the first) against one node with the same subscribers: deliveries/s, local and
     /// cross-node latency, bus messages per publish, server CPU per delivery.
@@ -205,7 +238,26 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        #[arg(long, value_enum, default_value = "off")]
+        deflate: DeflateArg,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeflateArg {
+    Off,
+    Shared,
+    Dedicated,
+}
+
+impl DeflateArg {
+    fn flag(self) -> &'static str {
+        match self {
+            DeflateArg::Off => "off",
+            DeflateArg::Shared => "shared",
+            DeflateArg::Dedicated => "dedicated",
+        }
+    }
 }
 
 /// Where servers and the load generator run.
@@ -281,13 +333,13 @@ impl Handler for Echo {
 fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Cmd::Serve { backend, app: ServeApp::Echo, listen, workers } => {
-            serve(backend, listen, workers)
+        Cmd::Serve { backend, app: ServeApp::Echo, listen, workers, deflate } => {
+            serve(backend, listen, workers, deflate)
         }
-        Cmd::Serve { backend, app: ServeApp::Gateway, listen, workers } => {
+        Cmd::Serve { backend, app: ServeApp::Gateway, listen, workers, .. } => {
             gateway::serve(backend.backend(), listen, workers, true)
         }
-        Cmd::Serve { backend, app: ServeApp::GatewayEach, listen, workers } => {
+        Cmd::Serve { backend, app: ServeApp::GatewayEach, listen, workers, .. } => {
             gateway::serve(backend.backend(), listen, workers, false)
         }
         Cmd::Gateway { clients, size, secs, warmup, runs, only, json, note, cpus, out } => {
@@ -312,7 +364,7 @@ fn main() {
                 )
             })
         }
-        Cmd::Idle { conns, backend } => idle(conns, backend),
+        Cmd::Idle { conns, backend, deflate } => idle(conns, backend, deflate),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {
                 compare::main(
@@ -423,6 +475,25 @@ fn main() {
                 &command_line(),
             )
         }),
+        Cmd::Compression { subscribers, symbols, rate, secs, window, uws, cpus, out } => {
+            prepare(&out).and_then(|()| {
+                compression::main(
+                    compression::Options {
+                        subscribers,
+                        symbols,
+                        rate,
+                        secs,
+                        window,
+                        server_cpus: cpus.server_cpus,
+                        load_cpus: cpus.load_cpus,
+                        load_threads: cpus.load_threads,
+                        uws,
+                        doc: out.doc,
+                    },
+                    &command_line(),
+                )
+            })
+        }
     };
     if let Err(e) = result {
         eprintln!("ringside-bench: {e}");
@@ -430,12 +501,24 @@ fn main() {
     }
 }
 
-fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<()> {
+fn serve(
+    backend: BackendArg,
+    listen: SocketAddr,
+    workers: usize,
+    deflate: DeflateArg,
+) -> io::Result<()> {
     let server = Server::builder()
         .bind(listen)?
         .backend(backend.backend())
         .workers(Workers::Count(workers))
         .idle_timeout(Duration::from_secs(3600))
+        .deflate(match deflate {
+            DeflateArg::Off => ringside::Compression::Off,
+            DeflateArg::Shared => ringside::Compression::Shared,
+            DeflateArg::Dedicated => ringside::Compression::Dedicated,
+        })
+        // Room for every connection: the budget is not what this measures.
+        .deflate_memory(usize::MAX / 2)
         .build(|| Echo)?;
     println!("listening on {}", server.local_addr());
     server.run()
@@ -443,11 +526,23 @@ fn serve(backend: BackendArg, listen: SocketAddr, workers: usize) -> io::Result<
 
 /// Opens a WebSocket connection (handshake done) and leaves it idle.
 fn open(addr: SocketAddr) -> io::Result<TcpStream> {
+    open_offering(addr, None).map(|(stream, _)| stream)
+}
+
+/// Opens a connection offering permessage-deflate as `offer` says (none: no extension); returns
+/// it with what the server agreed to.
+fn open_offering(
+    addr: SocketAddr,
+    offer: Option<DeflateOffer>,
+) -> io::Result<(TcpStream, Option<DeflateParams>)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let key = handshake::generate_key();
     let mut req = Vec::with_capacity(256);
-    handshake::write_client_request(&addr.to_string(), "/", &key, &[], &[], &mut req);
+    let value = offer.map(|o| o.header_value());
+    let headers: Vec<(&str, &str)> =
+        value.iter().map(|v| ("Sec-WebSocket-Extensions", v.as_str())).collect();
+    handshake::write_client_request(&addr.to_string(), "/", &key, &[], &headers, &mut req);
     stream.write_all(&req)?;
     let mut buf = [0u8; 512];
     let mut len = 0;
@@ -458,12 +553,62 @@ fn open(addr: SocketAddr) -> io::Result<TcpStream> {
         }
         len += n;
         match handshake::parse_response(&buf[..len], &key, &[]) {
-            Ok(Some(_)) => return Ok(stream),
+            Ok(Some(accepted)) => {
+                let agreed = match offer {
+                    Some(o) => o
+                        .accept(accepted.extensions.as_deref())
+                        .map_err(|e| io::Error::other(e.to_string()))?,
+                    None => None,
+                };
+                return Ok((stream, agreed));
+            }
             Ok(None) if len < buf.len() => {}
             Ok(None) => return Err(io::Error::other("handshake response too long")),
             Err(e) => return Err(io::Error::other(e.to_string())),
         }
     }
+}
+
+/// Sends one 300-byte JSON text, compressed if `agreed`, and reads its echo whole.
+fn exchange(stream: &mut TcpStream, agreed: Option<DeflateParams>) -> io::Result<()> {
+    let mut text = String::from(r#"{"type":"tick","symbol":"ACME","bid":101.25,"ask":101.27,"#);
+    while text.len() < 299 {
+        text.push_str(r#""pad":"xxxxxxxx","#);
+    }
+    text.truncate(299);
+    text.push('}');
+    let mut frame = Vec::new();
+    match agreed {
+        Some(p) => p.deflater(Role::Client, 1).write_frame(
+            OpCode::Text,
+            Some(rand_key()),
+            text.as_bytes(),
+            &mut frame,
+        ),
+        None => ringside_proto::frame::write_frame(
+            &mut frame,
+            true,
+            OpCode::Text,
+            Some(rand_key()),
+            text.as_bytes(),
+        ),
+    }
+    stream.write_all(&frame)?;
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head[..2])?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            stream.read_exact(&mut head[2..4])?;
+            usize::from(u16::from_be_bytes([head[2], head[3]]))
+        }
+        n => usize::from(n),
+    };
+    let compressed = head[0] & 0x40 != 0;
+    if compressed != agreed.is_some() {
+        return Err(io::Error::other(format!("echo compressed: {compressed}, agreed: {agreed:?}")));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)
 }
 
 /// Opens `n` connections, echoing one small message on each (so each used a receive buffer
@@ -498,19 +643,39 @@ fn rand_key() -> [u8; 4] {
     t.to_le_bytes()
 }
 
-fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
+fn idle(conns: usize, backend: BackendArg, deflate: Option<DeflateArg>) -> io::Result<()> {
     let exe = std::env::current_exe()?;
-    let args = ["serve".to_owned(), "--backend".into(), backend.flag().into()];
+    let mode = deflate.unwrap_or(DeflateArg::Off).flag();
+    let args = ["serve", "--backend", backend.flag(), "--deflate", mode].map(String::from);
     let server = procs::ServerProcess::start("0", &exe, &args)?;
     let rss = || procs::rss(server.pid());
     let warm = (conns / 10).clamp(1, 1_000);
     warm_up(server.addr, warm)?;
+    // With --deflate every connection offers the extension (browsers' default offer) and
+    // exchanges one message; warm-up connections first, so the worker's shared compressor
+    // exists before the baseline.
+    let offer = deflate.map(|_| DeflateOffer::default());
+    let open = |addr| -> io::Result<(TcpStream, bool)> {
+        let (mut stream, agreed) = open_offering(addr, offer)?;
+        if deflate.is_some() {
+            exchange(&mut stream, agreed)?;
+        }
+        Ok((stream, agreed.is_some()))
+    };
+    if deflate.is_some() {
+        let warm: Vec<_> = (0..warm).map(|_| open(server.addr)).collect::<io::Result<_>>()?;
+        drop(warm);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut agreed_count = 0;
     let base = rss()?;
     let started = Instant::now();
     let mut held = Vec::with_capacity(conns);
     let mut half_rss = 0;
     for i in 0..conns {
-        held.push(open(server.addr)?);
+        let (stream, agreed) = open(server.addr)?;
+        agreed_count += usize::from(agreed);
+        held.push(stream);
         if i + 1 == conns / 2 {
             std::thread::sleep(Duration::from_millis(500));
             half_rss = rss()?;
@@ -536,6 +701,13 @@ fn idle(conns: usize, backend: BackendArg) -> io::Result<()> {
          {slope:.0} B (slope from {} to {conns})",
         conns / 2
     );
+    if let Some(mode) = deflate {
+        println!(
+            "permessage-deflate {}: agreed on {agreed_count} of {conns} connections, one \
+             300-byte message exchanged on each",
+            mode.flag()
+        );
+    }
     drop(held);
     Ok(())
 }

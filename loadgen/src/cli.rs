@@ -100,6 +100,11 @@ pub struct Common {
     /// for waking it (an inter-processor interrupt); a real client is on another host.
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, as browsers do)
+    /// and inflate the messages the server compresses; what we send stays uncompressed. Reports
+    /// then count wire bytes per delivery (`wire_bytes_per_msg`) beside the payload bytes.
+    #[arg(long)]
+    pub deflate: bool,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -202,6 +207,11 @@ pub struct FanoutArgs {
     /// Seconds after the window to keep reading deliveries of publishes made in it.
     #[arg(long, default_value_t = 2.0)]
     pub drain_secs: f64,
+    /// Payloads are market-data ticks: after the sequence fields, a JSON quote for one of this
+    /// many symbols (prices walking randomly, about 150 bytes in all) instead of `x` padding,
+    /// so that compression meets realistic data. 0: padding. --size is then a minimum.
+    #[arg(long, default_value_t = 0)]
+    pub ticks: u32,
 }
 
 /// One scenario with its flags: what a part runs.

@@ -14,7 +14,9 @@ use std::io::{self, Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
+use flate2::{Decompress, FlushDecompress, Status};
 use ringside_proto::close::{parse_payload, write_payload};
+use ringside_proto::deflate::DeflateOffer;
 use ringside_proto::frame::{write_frame, DecodeRules};
 use ringside_proto::handshake::{generate_key, parse_response, write_client_request};
 use ringside_proto::{CloseCode, OpCode};
@@ -83,6 +85,8 @@ pub struct Config {
     pub spin_ns: u64,
     pub source_addrs: Vec<Ipv4Addr>,
     pub ports: Option<Ports>,
+    /// Offer permessage-deflate (see `--deflate`) and inflate what the server compresses.
+    pub deflate: bool,
 }
 
 /// One connection's state: about 250 bytes while idle, no heap.
@@ -102,6 +106,17 @@ pub struct Conn {
     reader: FrameReader,
     out: Vec<u8>,
     handshake: Option<Box<Handshake>>,
+    /// permessage-deflate agreed: whether the server keeps context, and then this
+    /// connection's inflater (made at its first compressed message).
+    inflate: Option<Inflate>,
+}
+
+/// A connection's receive side of permessage-deflate.
+#[derive(Debug)]
+struct Inflate {
+    /// The server keeps context between messages: the inflater must too.
+    takeover: bool,
+    own: Option<Box<Decompress>>,
 }
 
 #[derive(Debug)]
@@ -124,6 +139,7 @@ impl Conn {
             reader: FrameReader::default(),
             out: Vec::new(),
             handshake: None,
+            inflate: None,
         }
     }
 }
@@ -153,6 +169,10 @@ pub struct Driver {
     pub opened_total: u64,
     pub failed_total: u64,
     rbuf: Vec<u8>,
+    /// Inflated messages, and the inflater every connection whose server keeps no context uses
+    /// (reset after each message).
+    inflated: Vec<u8>,
+    fresh: Option<Box<Decompress>>,
 }
 
 impl Driver {
@@ -177,6 +197,8 @@ impl Driver {
             opened_total: 0,
             failed_total: 0,
             rbuf: vec![0; READ_BUF],
+            inflated: Vec::new(),
+            fresh: None,
         })
     }
 
@@ -419,7 +441,10 @@ impl Driver {
         let key = generate_key();
         let t = &self.cfg.target;
         let c = &mut self.conns[id];
-        write_client_request(&t.host, &t.path, &key, &[], &[], &mut c.out);
+        let offer = self.cfg.deflate.then(|| DeflateOffer::default().header_value());
+        let headers: Vec<(&str, &str)> =
+            offer.iter().map(|v| ("Sec-WebSocket-Extensions", v.as_str())).collect();
+        write_client_request(&t.host, &t.path, &key, &[], &headers, &mut c.out);
         c.handshake = Some(Box::new(Handshake { key, response: Vec::with_capacity(256) }));
         self.set_state(id, State::Handshaking);
         self.flush(id);
@@ -475,6 +500,22 @@ impl Driver {
             }
             Ok(Some(accepted)) => {
                 let mut hs = self.conns[id].handshake.take().expect("checked above");
+                if self.cfg.deflate {
+                    match DeflateOffer::default().accept(accepted.extensions.as_deref()) {
+                        Ok(agreed) => {
+                            let c = &mut self.conns[id];
+                            c.reader.deflate = agreed.is_some();
+                            c.inflate = agreed.map(|p| Inflate {
+                                takeover: !p.server_no_context_takeover,
+                                own: None,
+                            });
+                        }
+                        Err(e) => {
+                            self.fail(id, Kind::Handshake, || format!("permessage-deflate: {e}"));
+                            return false;
+                        }
+                    }
+                }
                 self.set_state(id, State::Open);
                 b.on_open(self, id, now);
                 let rest = &mut hs.response[accepted.head_len..];
@@ -509,11 +550,64 @@ impl Driver {
                 }
                 true
             }
+            _ if f.compressed => {
+                let mut out = std::mem::take(&mut self.inflated);
+                out.clear();
+                match self.inflate(id, f.payload.unwrap_or_default(), &mut out) {
+                    Ok(()) => {
+                        let payload = Some(&out[..]);
+                        let inflated = Frame { len: out.len() as u64, payload, ..f };
+                        b.on_message(self, id, inflated, now);
+                    }
+                    Err(why) => self.fail(id, Kind::Protocol, || why),
+                }
+                self.inflated = out;
+                !self.conns[id].doomed
+            }
             _ => {
                 b.on_message(self, id, f, now);
                 !self.conns[id].doomed
             }
         }
+    }
+
+    /// Inflates one compressed message of `id` (RFC 7692 section 7.2.2: the payload with the
+    /// `00 00 ff ff` tail put back) into `out`, at most [`MAX_FRAME`] bytes.
+    fn inflate(&mut self, id: usize, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let Some(state) = self.conns[id].inflate.as_mut() else {
+            return Err("a compressed message without permessage-deflate".into());
+        };
+        let takeover = state.takeover;
+        let z = if takeover { &mut state.own } else { &mut self.fresh };
+        let z = z.get_or_insert_with(|| Box::new(Decompress::new(false)));
+        let result = (|| {
+            for mut input in [payload, &[0, 0, 0xff, 0xff][..]] {
+                loop {
+                    if out.len() == out.capacity() {
+                        out.reserve((out.len() + input.len() * 2).max(4096));
+                    }
+                    let before = z.total_in();
+                    let status = z
+                        .decompress_vec(input, out, FlushDecompress::Sync)
+                        .map_err(|e| format!("compressed message does not inflate: {e}"))?;
+                    input = &input[(z.total_in() - before) as usize..];
+                    if out.len() as u64 > MAX_FRAME {
+                        return Err(format!("an inflated message over {MAX_FRAME} bytes"));
+                    }
+                    // Done with this input once it is used up and zlib left room unfilled.
+                    if status == Status::StreamEnd
+                        || (input.is_empty() && out.len() < out.capacity())
+                    {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if !takeover || result.is_err() {
+            z.reset(false);
+        }
+        result
     }
 
     fn close_frame(&mut self, id: usize, payload: &[u8], now: u64) -> bool {

@@ -210,6 +210,7 @@ fn run_inner(
     let cfg = Config {
         target: spec.target.clone(),
         raw: common.raw_echo,
+        deflate: common.deflate,
         connect_timeout_ns: secs_ns(common.connect_timeout),
         close_timeout_ns: secs_ns(common.close_timeout),
         spin_ns: common.spin_us.saturating_mul(1000),

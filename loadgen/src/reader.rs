@@ -7,9 +7,14 @@
 //! handed out in place; only one split across reads is copied. Control frames are always
 //! captured (at most 125 bytes). Fragmented messages come out once, at their last frame.
 //!
+//! With permessage-deflate ([`FrameReader::deflate`]) RSV1 may mark a message compressed: it
+//! comes out whole and still compressed (`compressed`), for the driver to inflate.
+//!
 //! It does not validate UTF-8 or run the close handshake: that is the driver's business.
 
-use ringside_proto::frame::{decode_header, DecodeRules, Header, MAX_HEADER_LEN};
+use ringside_proto::frame::{
+    decode_header, decode_header_deflate, DecodeRules, Header, MAX_HEADER_LEN,
+};
 use ringside_proto::{mask, Error, OpCode};
 
 /// A whole data message (opcode Text or Binary, the first frame's), or a control frame.
@@ -18,8 +23,13 @@ pub struct Frame<'a> {
     pub opcode: OpCode,
     /// Payload bytes (of all the message's frames).
     pub len: u64,
-    /// The unmasked payload: always for control frames, for data when capturing.
+    /// The unmasked payload: always for control frames and compressed messages, for data when
+    /// capturing.
     pub payload: Option<&'a [u8]>,
+    /// The message is compressed (permessage-deflate: its first frame had RSV1).
+    pub compressed: bool,
+    /// Payload bytes on the wire (`len` is the message's length once inflated).
+    pub wire_len: u64,
 }
 
 /// Per-connection parser state: about 130 bytes, no heap until a captured payload is split.
@@ -28,8 +38,10 @@ pub struct FrameReader {
     head: [u8; MAX_HEADER_LEN],
     head_len: u8,
     frame: Option<Current>,
-    /// The open data message: its opcode and bytes so far.
-    message: Option<(OpCode, u64)>,
+    /// The open data message: its opcode, bytes so far, and whether it is compressed.
+    message: Option<(OpCode, u64, bool)>,
+    /// permessage-deflate was agreed: RSV1 is allowed on a message's first frame.
+    pub deflate: bool,
     /// Captured data payload split across reads or frames.
     data: Vec<u8>,
     /// Control payload split across reads.
@@ -58,6 +70,7 @@ impl FrameReader {
         mut on: impl FnMut(Frame<'_>) -> bool,
     ) -> Result<bool, Error> {
         let mut at = 0;
+        let decode = if self.deflate { decode_header_deflate } else { decode_header };
         while at < buf.len() {
             if self.frame.is_none() && self.head_len == 0 && self.message.is_none() {
                 // The common case: a whole unfragmented frame in this read. It needs no state,
@@ -65,7 +78,7 @@ impl FrameReader {
                 // `self.header()` first measured ~10% fewer fan-out deliveries per second on one
                 // core. A frame that is not whole here has its header decoded again below (only
                 // frames split across reads).
-                if let Some((h, used)) = decode_header(&buf[at..], rules)? {
+                if let Some((h, used)) = decode(&buf[at..], rules)? {
                     let start = at + used;
                     if h.fin
                         && h.opcode != OpCode::Continuation
@@ -73,7 +86,7 @@ impl FrameReader {
                     {
                         let end = start + h.len as usize;
                         at = end;
-                        let capture = h.opcode.is_control() || capture_data;
+                        let capture = h.opcode.is_control() || capture_data || h.rsv1;
                         let payload = &mut buf[start..end];
                         if let (true, Some(key)) = (capture, h.mask) {
                             mask::apply(payload, key, 0);
@@ -82,6 +95,8 @@ impl FrameReader {
                             opcode: h.opcode,
                             len: h.len,
                             payload: capture.then_some(&*payload),
+                            compressed: h.rsv1,
+                            wire_len: h.len,
                         };
                         if !on(frame) {
                             return Ok(false);
@@ -140,8 +155,9 @@ impl FrameReader {
     /// Decodes the next header from the saved partial header and `buf`; returns the header and
     /// how many bytes of `buf` it used, or None (all of `buf` saved) if it is still incomplete.
     fn header(&mut self, buf: &[u8], rules: DecodeRules) -> Result<Option<(Header, usize)>, Error> {
+        let decode = if self.deflate { decode_header_deflate } else { decode_header };
         if self.head_len == 0 {
-            if let Some(found) = decode_header(buf, rules)? {
+            if let Some(found) = decode(buf, rules)? {
                 return Ok(Some(found));
             }
             // Incomplete headers are shorter than MAX_HEADER_LEN, so this fits.
@@ -152,7 +168,7 @@ impl FrameReader {
         let had = usize::from(self.head_len);
         let take = (MAX_HEADER_LEN - had).min(buf.len());
         self.head[had..had + take].copy_from_slice(&buf[..take]);
-        match decode_header(&self.head[..had + take], rules)? {
+        match decode(&self.head[..had + take], rules)? {
             Some((header, n)) => {
                 self.head_len = 0;
                 Ok(Some((header, n - had)))
@@ -171,11 +187,15 @@ impl FrameReader {
             (OpCode::Text | OpCode::Binary, Some(_)) => return Err(Error::ExpectedContinuation),
             _ => {}
         }
-        let capture = header.opcode.is_control() || capture_data;
+        let compressed = match self.message {
+            Some((_, _, compressed)) => compressed,
+            None => header.rsv1,
+        };
+        let capture = header.opcode.is_control() || capture_data || compressed;
         self.frame = Some(Current { header, done: 0, capture });
         if !header.opcode.is_control() {
-            let (op, len) = self.message.unwrap_or((header.opcode, 0));
-            self.message = Some((op, len + header.len));
+            let (op, len, compressed) = self.message.unwrap_or((header.opcode, 0, header.rsv1));
+            self.message = Some((op, len + header.len, compressed));
         }
         Ok(())
     }
@@ -192,16 +212,23 @@ impl FrameReader {
         self.frame = None;
         if h.opcode.is_control() {
             let payload = here.unwrap_or(&self.control);
-            let go_on = on(Frame { opcode: h.opcode, len: h.len, payload: Some(payload) });
+            let frame = Frame {
+                opcode: h.opcode,
+                len: h.len,
+                payload: Some(payload),
+                compressed: false,
+                wire_len: h.len,
+            };
+            let go_on = on(frame);
             self.control.clear();
             return go_on;
         }
         if !h.fin {
             return true;
         }
-        let (opcode, len) = self.message.take().expect("a data frame opened a message");
+        let (opcode, len, compressed) = self.message.take().expect("a data frame opened a message");
         let payload = if capture { Some(here.unwrap_or(&self.data)) } else { None };
-        let go_on = on(Frame { opcode, len, payload });
+        let go_on = on(Frame { opcode, len, payload, compressed, wire_len: len });
         self.data.clear();
         go_on
     }
@@ -315,6 +342,43 @@ mod tests {
         let mut bad = Vec::new();
         write_frame(&mut bad, true, OpCode::Continuation, None, b"x");
         assert_eq!(run(&bad, 0, CLIENT, false), Err(Error::UnexpectedContinuation));
+    }
+
+    #[test]
+    fn compressed_messages_are_captured_whole_only_with_deflate() {
+        let mut wire = Vec::new();
+        let first = wire.len();
+        write_frame(&mut wire, false, OpCode::Text, None, b"ab");
+        wire[first] |= 0x40;
+        write_frame(&mut wire, true, OpCode::Continuation, None, b"cd");
+        let single = wire.len();
+        write_frame(&mut wire, true, OpCode::Binary, None, b"xyz");
+        wire[single] |= 0x40;
+        write_frame(&mut wire, true, OpCode::Binary, None, b"plain");
+        for step in [0, 1, 3] {
+            let mut reader = FrameReader { deflate: true, ..FrameReader::default() };
+            let mut got = Vec::new();
+            let mut copy = wire.clone();
+            let n = if step == 0 { copy.len() } else { step };
+            for piece in copy.chunks_mut(n) {
+                reader
+                    .feed(piece, CLIENT, false, |f| {
+                        got.push((f.opcode, f.compressed, f.payload.map(<[u8]>::to_vec)));
+                        true
+                    })
+                    .unwrap();
+            }
+            assert_eq!(
+                got,
+                vec![
+                    (OpCode::Text, true, Some(b"abcd".to_vec())),
+                    (OpCode::Binary, true, Some(b"xyz".to_vec())),
+                    (OpCode::Binary, false, None),
+                ],
+                "step {step}"
+            );
+        }
+        assert_eq!(run(&wire, 0, CLIENT, false), Err(Error::ReservedBits), "not negotiated");
     }
 
     #[test]

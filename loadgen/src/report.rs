@@ -221,6 +221,16 @@ pub fn build(
             o.insert("duplicates".into(), json!(t.duplicates));
             o.insert("max_behind_us".into(), json!(t.max_behind_ns as f64 / 1e3));
             o.insert("behind_us".into(), latency_json(&t.behind));
+            let per_msg = |b: u64| {
+                if t.messages > 0 {
+                    json!(b as f64 / t.messages as f64)
+                } else {
+                    Value::Null
+                }
+            };
+            o.insert("payload_bytes_per_msg".into(), per_msg(t.bytes));
+            o.insert("wire_bytes_per_msg".into(), per_msg(t.wire_bytes));
+            o.insert("deflate".into(), json!(a.common.deflate));
         }
     }
     o.insert("warnings".into(), json!(warnings));
@@ -333,6 +343,13 @@ pub fn summary(v: &Value) -> String {
                 n(&v["lost"]),
                 n(&v["reordered"]),
                 n(&v["duplicates"])
+            );
+            let _ = writeln!(
+                s,
+                "fanout: {} payload bytes per delivery, {} bytes on the wire (headers included{})",
+                f(&v["payload_bytes_per_msg"]),
+                f(&v["wire_bytes_per_msg"]),
+                if v["deflate"] == json!(true) { ", permessage-deflate offered" } else { "" }
             );
         }
         _ => {}

@@ -170,6 +170,9 @@ pub struct Tally {
     pub sent: u64,
     /// Payload bytes received in the window.
     pub bytes: u64,
+    /// Fanout: bytes on the wire (frame headers and payloads as sent, compressed or not) of
+    /// the deliveries counted in `messages`.
+    pub wire_bytes: u64,
     /// Rate and fanout: how far behind the schedule sends went out (in the window), at worst
     /// and as a histogram.
     pub max_behind_ns: u64,
@@ -213,6 +216,7 @@ impl Default for Tally {
             messages: 0,
             sent: 0,
             bytes: 0,
+            wire_bytes: 0,
             max_behind_ns: 0,
             behind: new_histogram(),
             dropped_sends: 0,
@@ -262,6 +266,7 @@ impl Tally {
         self.messages += o.messages;
         self.sent += o.sent;
         self.bytes += o.bytes;
+        self.wire_bytes += o.wire_bytes;
         self.max_behind_ns = self.max_behind_ns.max(o.max_behind_ns);
         self.behind.add(&o.behind).expect("histograms share their bounds");
         self.dropped_sends += o.dropped_sends;

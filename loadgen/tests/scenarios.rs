@@ -32,7 +32,14 @@ impl Drop for Running {
 }
 
 fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(factory: F) -> Running {
-    let running = Server::builder()
+    serve_with(factory, |b| b)
+}
+
+fn serve_with<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
+    factory: F,
+    configure: impl FnOnce(ringside::Builder) -> ringside::Builder,
+) -> Running {
+    let running = configure(Server::builder())
         .bind("127.0.0.1:0")
         .unwrap()
         .workers(Workers::Count(1))
@@ -398,6 +405,71 @@ fn fanout_delivers_every_publish_in_order_across_processes() {
     assert_ordered(&r["latency_us"]);
     assert!(r["server"]["cpu_us_per_delivery"].as_f64().is_some());
     assert_no_errors(&r);
+}
+
+#[test]
+fn fanout_inflates_compressed_deliveries_and_counts_wire_bytes() {
+    for mode in [ringside::Compression::Shared, ringside::Compression::Dedicated] {
+        let server = serve_with(|| PubSub, |b| b.deflate(mode));
+        let pid = std::process::id().to_string();
+        let u = url(server.addr);
+        let args = [
+            "fanout",
+            "--url",
+            &u,
+            "--subscribers",
+            "20",
+            "--rate",
+            "0",
+            "--window",
+            "4",
+            "--size",
+            "300",
+            "--warmup",
+            "0.2",
+            "--duration",
+            "0.6",
+            "--drain-secs",
+            "0.5",
+            "--server-pid",
+            &pid,
+            "--deflate",
+        ];
+        let r = run_ok(&args);
+        assert!(r["publishes"].as_u64().unwrap() > 5, "{mode:?}: {r}");
+        assert_eq!(r["deliveries"], r["expected_deliveries"], "{mode:?}: {r}");
+        assert_eq!(r["lost"].as_u64(), Some(0), "{mode:?}: {r}");
+        let payload = r["payload_bytes_per_msg"].as_f64().unwrap();
+        let wire = r["wire_bytes_per_msg"].as_f64().unwrap();
+        assert!(payload >= 300.0, "{mode:?}: {r}");
+        // The padding compresses: the frames are much smaller than their payloads.
+        assert!(wire < payload / 2.0, "{mode:?}: wire {wire} for {payload} of payload");
+        assert_no_errors(&r);
+    }
+    // Without --deflate nothing is compressed, the frame header is all that is added.
+    let server = serve_with(|| PubSub, |b| b.deflate(ringside::Compression::Shared));
+    let u = url(server.addr);
+    let r = run_ok(&[
+        "fanout",
+        "--url",
+        &u,
+        "--subscribers",
+        "5",
+        "--rate",
+        "0",
+        "--window",
+        "4",
+        "--size",
+        "300",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.4",
+        "--drain-secs",
+        "0.3",
+    ]);
+    let payload = r["payload_bytes_per_msg"].as_f64().unwrap();
+    assert_eq!(r["wire_bytes_per_msg"].as_f64().unwrap(), payload + 4.0, "{r}");
 }
 
 #[test]

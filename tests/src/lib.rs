@@ -8,6 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ringside::{Backend, Builder, Handler, Message, Server, ServerHandle, WebSocket, Workers};
+
+pub mod deflate_support;
 use ringside_proto::handshake;
 use ringside_proto::{Config, Connection, Event, Role};
 

@@ -15,6 +15,8 @@
 //! (RSV1) are inflated into the connection's message buffer and handed out from there, the
 //! message size limit counting inflated bytes. Off, it costs one pointer.
 
+use std::cell::Cell;
+
 use crate::close::{self, CloseCode, CloseFrame};
 use crate::deflate::{DeflateParams, Deflater, Inflater};
 use crate::error::Error;
@@ -120,14 +122,26 @@ pub struct Connection {
     out: Vec<u8>,
     /// The open message is compressed (its first frame had RSV1).
     inflating: bool,
-    /// permessage-deflate, where negotiated.
+    /// The permessage-deflate agreement, where negotiated: inline, so that a connection with
+    /// nothing to keep between messages holds no deflate memory while idle.
+    deflate_params: Option<DeflateParams>,
+    /// Its state, only while there is some: the connection has its own compressor, the peer
+    /// keeps context (the inflater lives between messages), or a compressed message is being
+    /// read.
     deflate: Option<Box<Deflate>>,
+}
+
+thread_local! {
+    /// One spare deflate record per thread: a connection whose peer keeps no context needs one
+    /// only while it reads a compressed message, and a server reads those one at a time per
+    /// thread; reusing it (like the inflate states, see `deflate::codec`) keeps a small
+    /// allocation per message from interleaving with connections' long-lived ones.
+    static SPARE_RECORD: Cell<Option<Box<Deflate>>> = const { Cell::new(None) };
 }
 
 /// A connection's permessage-deflate state.
 #[derive(Debug)]
 struct Deflate {
-    params: DeflateParams,
     inflater: Inflater,
     /// The connection's own compressor for [`Connection::send_text`] and
     /// [`Connection::send_binary`]; `None`: those send uncompressed.
@@ -146,6 +160,7 @@ impl Connection {
             ctrl: Vec::new(),
             out: Vec::new(),
             inflating: false,
+            deflate_params: None,
             deflate: None,
         }
     }
@@ -158,21 +173,63 @@ impl Connection {
     /// and context policy `params` give the peer; the inflated size counts against
     /// `max_message_size` (1009 past it, having inflated at most one byte more), corrupt data
     /// fails with 1007. With zlib-rs the inflate window is 32 KiB whatever was agreed, so a peer
-    /// exceeding a smaller agreed window is not caught (see [`crate::deflate`]). Zlib state exists only while a compressed message is read, unless the
-    /// peer keeps context between messages.
+    /// exceeding a smaller agreed window is not caught (see [`crate::deflate`]). Zlib state
+    /// exists only while a compressed message is read, unless the peer keeps context between
+    /// messages; without `sends` and without the peer's context, an idle connection holds no
+    /// deflate memory at all (the agreement is kept inline).
     ///
     /// `sends`: the compressor [`Connection::send_text`] and [`Connection::send_binary`] use
     /// (usually `params.deflater(role, level)`); `None` leaves them uncompressed, which is
     /// always allowed, for a caller that compresses itself (a shared compressor).
     pub fn enable_deflate(&mut self, params: DeflateParams, sends: Option<Deflater>) {
-        let (bits, no_takeover) = params.receiving(self.role);
-        let inflater = Inflater::new(bits, no_takeover);
-        self.deflate = Some(Box::new(Deflate { params, inflater, deflater: sends }));
+        self.deflate_params = Some(params);
+        self.deflate = sends.map(|deflater| {
+            Box::new(Deflate {
+                inflater: Self::inflater_for(params, self.role),
+                deflater: Some(deflater),
+            })
+        });
+    }
+
+    fn inflater_for(params: DeflateParams, role: Role) -> Inflater {
+        let (bits, no_takeover) = params.receiving(role);
+        Inflater::new(bits, no_takeover)
+    }
+
+    /// The deflate state in `slot`, made when first needed (`None` without permessage-deflate).
+    /// Over the fields, so that the message buffer can be borrowed beside it.
+    fn deflate_state(
+        slot: &mut Option<Box<Deflate>>,
+        params: Option<DeflateParams>,
+        role: Role,
+    ) -> Option<&mut Deflate> {
+        let params = params?;
+        Some(slot.get_or_insert_with(|| {
+            let fresh = Deflate { inflater: Self::inflater_for(params, role), deflater: None };
+            match SPARE_RECORD.try_with(Cell::take).ok().flatten() {
+                Some(mut record) => {
+                    *record = fresh;
+                    record
+                }
+                None => Box::new(fresh),
+            }
+        }))
+    }
+
+    /// Frees the deflate state if it holds nothing the next message needs (the record goes to
+    /// this thread's spare).
+    fn trim_deflate(&mut self) {
+        if self.deflate.as_ref().is_some_and(|d| d.deflater.is_none() && !d.inflater.is_allocated())
+        {
+            if let Some(record) = self.deflate.take() {
+                let _ = SPARE_RECORD.try_with(|spare| spare.set(Some(record)));
+            }
+        }
     }
 
     /// The permessage-deflate agreement, if enabled.
     pub fn deflate_params(&self) -> Option<&DeflateParams> {
-        self.deflate.as_ref().map(|d| &d.params)
+        self.deflate_params.as_ref()
     }
 
     /// The connection's own compressor, if it has one: for a caller that writes frames itself
@@ -290,7 +347,7 @@ impl Connection {
             expect_masked: self.role == Role::Server,
             max_frame_size: self.config.max_frame_size,
         };
-        let decode = if self.deflate.is_some() {
+        let decode = if self.deflate_params.is_some() {
             frame::decode_header_deflate
         } else {
             frame::decode_header
@@ -414,16 +471,14 @@ impl Connection {
 
     /// Payload bytes of a data frame, unmasked: stored, or inflated into the message buffer.
     fn data(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        match self.deflate.as_mut() {
-            Some(deflate) if self.inflating => {
-                let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
-                deflate.inflater.feed(chunk, &mut self.assembly, limit)
-            }
-            _ => {
-                let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
-                self.assembly.push(chunk, limit)
-            }
+        let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+        if !self.inflating {
+            return self.assembly.push(chunk, limit);
         }
+        // `inflating` is only ever set with permessage-deflate enabled.
+        let state = Self::deflate_state(&mut self.deflate, self.deflate_params, self.role);
+        let Some(deflate) = state else { return self.assembly.push(chunk, limit) };
+        deflate.inflater.feed(chunk, &mut self.assembly, limit)
     }
 
     /// A frame's payload is complete: say what, if anything, the caller must see.
@@ -451,10 +506,12 @@ impl Connection {
         }
         if self.inflating {
             self.inflating = false;
-            if let Some(deflate) = self.deflate.as_mut() {
-                let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+            let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+            let state = Self::deflate_state(&mut self.deflate, self.deflate_params, self.role);
+            if let Some(deflate) = state {
                 deflate.inflater.finish_message(&mut self.assembly, limit)?;
             }
+            self.trim_deflate();
         }
         Ok(Some(Ready::Assembled(self.assembly.finish()?)))
     }
@@ -521,6 +578,8 @@ impl Connection {
             deflate.inflater.release();
         }
         self.assembly.abandon();
+        self.trim_deflate();
+        self.release_buffers();
         self.ctrl = Vec::new();
     }
 
@@ -761,6 +820,7 @@ mod tests {
         let (_, ev) = c.read(&mut input[n..]).unwrap();
         assert_eq!(ev, Some(Event::Message(Message::Text("plain"))));
         assert!(!c.is_inflating(), "no inflate state kept when the client keeps no context");
+        assert!(c.deflate.is_some(), "its own compressor stays");
         c.send_binary(&[9; 1000]).unwrap();
         let out = c.take_output();
         assert_eq!(out[0], 0xc2, "FIN, RSV1, binary");
@@ -860,6 +920,34 @@ mod tests {
     }
 
     #[test]
+    fn without_own_compressor_or_peer_context_no_deflate_memory_is_held_between_messages() {
+        let params = DeflateParams { client_no_context_takeover: true, ..DeflateParams::DEFAULT };
+        let mut c = Connection::new(Role::Server, Config::default());
+        c.enable_deflate(params, None);
+        assert!(c.deflate.is_none(), "nothing allocated at enable");
+        // Compressed, in two reads: the state exists while the message is read.
+        let mut input = compressed(&[b'a'; 3000], OpCode::Binary);
+        let cut = input.len() / 2;
+        assert_eq!(c.read(&mut input[..cut]).unwrap(), (cut, None));
+        assert!(c.deflate.is_some() && c.is_inflating());
+        let (_, ev) = c.read(&mut input[cut..]).unwrap();
+        assert_eq!(ev.map(|e| matches!(e, Event::Message(m) if m.len() == 3000)), Some(true));
+        assert!(c.deflate.is_none(), "freed after the message");
+        assert_eq!(c.deflate_params(), Some(&params));
+        // A peer that keeps context keeps its inflater between messages.
+        let mut c = Connection::new(Role::Server, Config::default());
+        c.enable_deflate(DeflateParams::DEFAULT, None);
+        let mut input = compressed(b"Hello", OpCode::Text);
+        assert!(c.read(&mut input).unwrap().1.is_some());
+        assert!(c.is_inflating(), "the peer's context is kept");
+        // A failure frees it.
+        let mut bad = client_frame(true, OpCode::Binary, &[0x07, 0x00]);
+        bad[0] |= 0x40;
+        assert!(c.read(&mut bad).is_err());
+        assert!(c.deflate.is_none());
+    }
+
+    #[test]
     fn idle_connection_is_small_and_holds_no_heap() {
         let mut c = Connection::new(Role::Server, Config::default());
         let mut big = client_frame(false, OpCode::Binary, &[7; 5000]);
@@ -868,6 +956,8 @@ mod tests {
         assert_eq!(ev.map(|e| matches!(e, Event::Message(m) if m.len() == 10_000)), Some(true));
         assert_eq!(c.read(&mut []).unwrap(), (0, None));
         assert_eq!(c.assembly.len(), 0);
-        assert!(std::mem::size_of::<Connection>() <= 192, "{}", std::mem::size_of::<Connection>());
+        // What every idle connection pays (the deflate agreement is inline since it must cost
+        // nothing while idle): keep an eye on it.
+        assert!(std::mem::size_of::<Connection>() <= 152, "{}", std::mem::size_of::<Connection>());
     }
 }

@@ -5,6 +5,8 @@
 //! across reads, copied into one growing buffer, with the message size limit and fail-fast UTF-8
 //! checked as each piece arrives.
 
+use std::cell::Cell;
+
 use crate::error::Error;
 use crate::utf8::Validator;
 
@@ -44,6 +46,19 @@ pub enum Kind {
     Text,
     /// Binary.
     Binary,
+}
+
+/// The largest message buffer kept as a thread's spare.
+const SPARE_MAX: usize = 64 << 10;
+
+thread_local! {
+    /// One message buffer per thread, kept between messages: an idle connection holds none,
+    /// and the next message assembled on this thread (on any connection) takes it instead of
+    /// allocating. Without it, a message that needs assembling (fragmented, split across reads,
+    /// or inflated) cost an allocation and a free, and those short-lived blocks interleaving
+    /// with connections' long-lived ones measured 13 bytes more heap per idle connection in a
+    /// server holding 10,000 that each had one compressed message.
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// The message being assembled on one connection.
@@ -99,6 +114,7 @@ impl Assembly {
         if self.open == Some(Kind::Text) {
             self.utf8.feed(bytes)?;
         }
+        self.take_spare();
         self.reserve(bytes.len(), max_capacity);
         self.buf.extend_from_slice(bytes);
         Ok(())
@@ -131,6 +147,7 @@ impl Assembly {
         max_capacity: usize,
         write: impl FnOnce(&mut [u8]) -> (usize, T),
     ) -> Result<T, Error> {
+        self.take_spare();
         let start = self.buf.len();
         let needed = start + region;
         self.reserve(region, max_capacity);
@@ -166,10 +183,28 @@ impl Assembly {
         }
     }
 
-    /// Frees the buffer when no message is open, so an idle connection holds no heap memory.
+    /// Lets go of the buffer when no message is open, so an idle connection holds no heap
+    /// memory: it becomes this thread's spare (if not too large) for the next message.
     pub fn release(&mut self) {
         if self.open.is_none() && self.buf.capacity() > 0 {
-            self.buf = Vec::new();
+            let mut buf = std::mem::take(&mut self.buf);
+            if buf.capacity() <= SPARE_MAX {
+                buf.clear();
+                // Keep the larger of the two.
+                let _ = SPARE.try_with(|spare| {
+                    let old = spare.take();
+                    spare.set(if old.capacity() >= buf.capacity() { old } else { buf });
+                });
+            }
+        }
+    }
+
+    /// Starts with this thread's spare buffer if there is one and this has none.
+    fn take_spare(&mut self) {
+        if self.buf.capacity() == 0 {
+            if let Ok(spare) = SPARE.try_with(Cell::take) {
+                self.buf = spare;
+            }
         }
     }
 

@@ -322,4 +322,15 @@ pub struct Stats {
     pub bus_gaps: u64,
     /// Publishes from other nodes lost in those gaps.
     pub bus_lost: u64,
+    /// permessage-deflate: publishes and broadcasts compressed once on a worker for all its
+    /// connections whose server side keeps no context (each such compression serves many).
+    pub compressed_shared: u64,
+    /// permessage-deflate: publishes, broadcasts and [`Sender`](crate::Sender) messages
+    /// compressed for one connection, by its own compressor (it keeps context).
+    pub compressed_per_conn: u64,
+    /// Upgrades answered without permessage-deflate although it was offered and agreeable,
+    /// because the worker's deflate memory budget (`deflate_memory`) was spent.
+    pub deflate_declined: u64,
+    /// Bytes of the deflate memory budget held by open connections now, all workers.
+    pub deflate_memory: u64,
 }

@@ -44,6 +44,25 @@ pub enum SlowConsumer {
     Conflate,
 }
 
+/// permessage-deflate (RFC 7692): whether and how the server compresses what it sends. What
+/// clients send compressed is inflated in every mode but `Off`, within `max_message_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Offers are declined: every connection talks uncompressed.
+    Off,
+    /// Every message is compressed with a fresh context (the server answers
+    /// `server_no_context_takeover`, and asks the client for `client_no_context_takeover`), by
+    /// one compressor per worker: a connection holds no compression memory while idle, and a
+    /// publish is compressed once per worker for all its subscribers.
+    Shared,
+    /// Each connection has its own compressor that keeps context between messages (better
+    /// ratios for streams of similar messages), with a window of `deflate_window` bits, and
+    /// clients may keep context too: a few hundred KiB per connection (docs/tuning.md), within
+    /// `deflate_memory`. Publishes are compressed per subscriber.
+    Dedicated,
+}
+
 /// How a topic treats a subscriber that falls behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicPolicy {
@@ -195,6 +214,20 @@ pub struct Settings {
     /// to the other nodes of a cluster and theirs to this one (docs/cluster.md). Default none:
     /// topics stay within this process.
     pub bus: Option<String>,
+    /// permessage-deflate. Default off.
+    pub deflate: Compression,
+    /// The window of a dedicated compressor, bits (9..=15): 9 holds about 245 KiB per
+    /// connection, 15 about 371 KiB (docs/tuning.md). A client's smaller limit wins. Default 15.
+    pub deflate_window: u8,
+    /// Messages with a payload shorter than this many bytes are sent uncompressed (the
+    /// extension allows any message uncompressed): compressing a few bytes costs more CPU than
+    /// it saves on the wire. Default 128.
+    pub deflate_threshold: usize,
+    /// Per worker, the bytes of deflate state that connections may hold between messages
+    /// (dedicated compressors, and inflaters of clients that keep context). Once spent, new
+    /// connections are answered without the extension (never refused) until some close.
+    /// Shared mode with no client context holds none per connection. Default 128 MiB.
+    pub deflate_memory: usize,
 }
 
 impl Default for Settings {
@@ -237,6 +270,10 @@ impl Default for Settings {
             read_budget_frames: 64,
             read_budget_bytes: 256 << 10,
             max_control_rate: 1000,
+            deflate: Compression::Off,
+            deflate_window: 15,
+            deflate_threshold: 128,
+            deflate_memory: 128 << 20,
         }
     }
 }
@@ -382,6 +419,10 @@ impl Settings {
             let why = "no header can satisfy it: --forwarded-headers is empty".into();
             return err("require_forwarded", "--require-forwarded", why);
         }
+        if !(9..=15).contains(&self.deflate_window) {
+            let why = format!("{} is outside 9 to 15 (bits)", self.deflate_window);
+            return err("deflate_window", "--deflate-window", why);
+        }
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') {
                 let why = format!("{path:?} does not start with '/'");
@@ -462,6 +503,8 @@ mod tests {
             ),
             (Settings { bus: Some("amqp://127.0.0.1".into()), ..base() }, "--bus"),
             (Settings { bus: Some("nats://127.0.0.1:99999".into()), ..base() }, "--bus"),
+            (Settings { deflate_window: 8, ..base() }, "--deflate-window"),
+            (Settings { deflate_window: 16, ..base() }, "--deflate-window"),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

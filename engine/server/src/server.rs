@@ -17,7 +17,9 @@ use ringside_proto::{CloseCode, Message};
 
 use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
 use crate::config::ProxyProtocol;
-use crate::config::{Backend, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
+use crate::config::{
+    Backend, Compression, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers,
+};
 use crate::runtime::handle::Ctx;
 use crate::runtime::worker::Core;
 use crate::runtime::{self, pubsub, Command};
@@ -112,6 +114,14 @@ impl Builder {
         read_budget_bytes: usize,
         /// Pings and pongs per connection per second (0: no limit).
         max_control_rate: u32,
+        /// permessage-deflate: off, shared or dedicated compressors.
+        deflate: Compression,
+        /// Window bits of a dedicated compressor (9..=15).
+        deflate_window: u8,
+        /// Payloads shorter than this are sent uncompressed.
+        deflate_threshold: usize,
+        /// Per-worker budget for deflate state held between messages, bytes.
+        deflate_memory: usize,
     }
 
     /// Answers `200 ok` to a plain GET of `path` (a load balancer's health check).

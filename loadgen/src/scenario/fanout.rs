@@ -126,6 +126,46 @@ struct Receiver {
     next: Vec<u64>,
 }
 
+/// Market-data ticks (`--ticks`): per symbol a price walking randomly.
+#[derive(Debug)]
+struct Ticks {
+    rng: crate::rng::Xorshift,
+    /// Mid prices in hundredths.
+    mids: Vec<u64>,
+    volumes: Vec<u64>,
+}
+
+impl Ticks {
+    fn new(symbols: u32, seed: u64) -> Ticks {
+        let mut rng = crate::rng::Xorshift::new(seed);
+        let mids = (0..symbols).map(|_| 1_000 + rng.next_u64() % 50_000).collect();
+        Ticks { rng, mids, volumes: vec![0; symbols as usize] }
+    }
+
+    /// Appends one tick as JSON, e.g. `{"sym":"S0042","bid":123.45,...}`.
+    fn write(&mut self, out: &mut Vec<u8>, stamp: u64) {
+        use std::io::Write as _;
+        let r = self.rng.next_u64();
+        let i = (r % self.mids.len() as u64) as usize;
+        let mid = &mut self.mids[i];
+        *mid = (*mid + (r >> 20) % 21).saturating_sub(10).max(100);
+        let (bid, ask) = (*mid - 1, *mid + 1);
+        let (bsz, asz) = (100 * (1 + (r >> 32) % 50), 100 * (1 + (r >> 40) % 50));
+        self.volumes[i] += (r >> 48) % 1000;
+        let _ = write!(
+            out,
+            r#"{{"type":"quote","sym":"S{i:04}","bid":{}.{:02},"ask":{}.{:02},"bsz":{bsz},"asz":{asz},"last":{}.{:02},"vol":{},"venue":"XNAS","ts":{stamp}}}"#,
+            bid / 100,
+            bid % 100,
+            ask / 100,
+            ask % 100,
+            *mid / 100,
+            *mid % 100,
+            self.volumes[i]
+        );
+    }
+}
+
 #[derive(Debug)]
 struct Publisher {
     id: u64,
@@ -150,6 +190,8 @@ struct Fanout {
     acks_due: u64,
     received: u64,
     scratch: Vec<u8>,
+    /// `--ticks`: the market-data generator.
+    ticks: Option<Ticks>,
     tally: Tally,
 }
 
@@ -174,6 +216,9 @@ impl Fanout {
             push_u64(s, v);
             s.push(b':');
         }
+        if let Some(t) = self.ticks.as_mut() {
+            t.write(s, stamp);
+        }
         let want = payload_at + self.size;
         if s.len() < want {
             s.resize(want, b'x');
@@ -185,7 +230,7 @@ impl Fanout {
         }
     }
 
-    fn delivery(&mut self, d: &mut Driver, id: usize, text: &[u8], now: u64) {
+    fn delivery(&mut self, d: &mut Driver, id: usize, text: &[u8], wire_len: u64, now: u64) {
         let Some([p, topic, seq, sent]) = parse_fields(text) else {
             let sample = String::from_utf8_lossy(&text[..text.len().min(60)]).into_owned();
             d.fail(id, Kind::Protocol, || format!("an unparsable delivery: {sample:?}"));
@@ -215,6 +260,13 @@ impl Fanout {
         if in_window(&self.times, sent) {
             self.tally.messages += 1;
             self.tally.bytes += text.len() as u64;
+            // The frame header: 2 bytes, plus 2 or 8 for longer payloads.
+            let header = match wire_len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            self.tally.wire_bytes += wire_len + header;
             self.tally.latency.saturating_record(now.saturating_sub(sent).max(1));
         }
         // A publisher hearing itself back (saturation): room for one more in its window.
@@ -270,7 +322,7 @@ impl Behavior for Fanout {
             let msg = String::from_utf8_lossy(&text[..text.len().min(80)]).into_owned();
             d.errors.count(Kind::Protocol, || format!("the server answered {msg:?}"));
         } else {
-            self.delivery(d, id, text, now);
+            self.delivery(d, id, text, f.wire_len, now);
         }
     }
 
@@ -363,7 +415,8 @@ pub fn run(a: &FanoutArgs, mut ctx: ThreadCtx) -> Result<Tally, String> {
         pubs,
         acks_due: 0,
         received: 0,
-        scratch: Vec::with_capacity(a.size + 64),
+        scratch: Vec::with_capacity(a.size + 256),
+        ticks: (a.ticks > 0).then(|| Ticks::new(a.ticks, ctx.seed ^ 0x5eed)),
         tally: Tally::default(),
     };
     let set = setup(&mut d, &mut b, &mut ctx, received, |b, _| b.acks_due == 0)?;
@@ -473,6 +526,21 @@ mod tests {
                     assert_eq!(t.subscribers_of(topic), subscribed[topic as usize]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn ticks_are_json_after_the_fields() {
+        let mut t = Ticks::new(300, 7);
+        for stamp in 0..1000u64 {
+            let mut s = b"1:2:3:4:".to_vec();
+            t.write(&mut s, stamp);
+            assert_eq!(parse_fields(&s), Some([1, 2, 3, 4]));
+            let json = std::str::from_utf8(&s[8..]).unwrap();
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(v["ts"], stamp);
+            assert!(v["bid"].as_f64().unwrap() < v["ask"].as_f64().unwrap(), "{json}");
+            assert!((120..200).contains(&s.len()), "{} bytes: {json}", s.len());
         }
     }
 

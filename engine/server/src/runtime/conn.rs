@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use ringside_proto::{CloseCode, Connection};
 
+use super::deflate::SendDeflate;
 use super::queue::SendQueue;
 
 /// Where a connection is in its life.
@@ -128,6 +129,8 @@ pub(crate) struct Io {
     /// The slot's generation (see `ConnId`).
     pub generation: u32,
     pub flags: u8,
+    /// How sends are compressed (permessage-deflate), if they are.
+    pub deflate: SendDeflate,
 }
 
 impl Io {

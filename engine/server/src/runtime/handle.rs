@@ -15,6 +15,7 @@ use ringside_proto::{CloseCode, Message};
 use slab::Slab;
 
 use super::conn::{flag, App, Conn, Io, Phase};
+use super::deflate::WorkerDeflate;
 use super::pubsub::{Publication, SubscribeError, Topics};
 use super::queue::Pool;
 use super::worker::timers::Timers;
@@ -47,6 +48,8 @@ pub(crate) struct Local {
     /// the per-connection timestamps.
     pub now_ms: u64,
     pub now: u32,
+    /// permessage-deflate: compressors, the memory budget, what connections hold.
+    pub deflate: WorkerDeflate,
 }
 
 /// A worker's counters (see `Stats`).
@@ -58,6 +61,9 @@ pub(crate) struct Counts {
     pub slow_closed: u64,
     pub stale: u64,
     pub accept_errors: u64,
+    pub compressed_shared: u64,
+    pub compressed_per_conn: u64,
+    pub deflate_declined: u64,
 }
 
 /// What the slow-consumer policy says about `len` more bytes on a queue holding `queued`.
@@ -253,6 +259,9 @@ impl<'a, C> WebSocket<'a, C> {
     fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
         if !self.open {
             return SendStatus::Closing;
+        }
+        if self.io.deflate.is_on() && !opcode.is_control() {
+            return self.send_deflated(opcode, payload);
         }
         let header = frame::encode_header(true, opcode, None, payload.len() as u64);
         let frame = Frame::Parts(header.as_bytes(), payload);

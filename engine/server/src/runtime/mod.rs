@@ -5,6 +5,7 @@
 pub(crate) mod backend;
 pub(crate) mod cluster;
 pub(crate) mod conn;
+pub(crate) mod deflate;
 pub(crate) mod handle;
 pub(crate) mod pubsub;
 pub(crate) mod queue;
@@ -78,6 +79,10 @@ pub(crate) struct WorkerStats {
     pub slow_closed: AtomicU64,
     pub stale: AtomicU64,
     pub accept_errors: AtomicU64,
+    pub compressed_shared: AtomicU64,
+    pub compressed_per_conn: AtomicU64,
+    pub deflate_declined: AtomicU64,
+    pub deflate_memory: AtomicU64,
 }
 
 /// What all workers and handles share.
@@ -143,6 +148,10 @@ impl Shared {
             total.slow_closed += w.slow_closed.load(Ordering::Relaxed);
             total.stale += w.stale.load(Ordering::Relaxed);
             total.accept_errors += w.accept_errors.load(Ordering::Relaxed);
+            total.compressed_shared += w.compressed_shared.load(Ordering::Relaxed);
+            total.compressed_per_conn += w.compressed_per_conn.load(Ordering::Relaxed);
+            total.deflate_declined += w.deflate_declined.load(Ordering::Relaxed);
+            total.deflate_memory += w.deflate_memory.load(Ordering::Relaxed);
         }
         total.bus_gaps = self.bus_gaps.load(Ordering::Relaxed);
         total.bus_lost = self.bus_lost.load(Ordering::Relaxed);

@@ -358,6 +358,17 @@ impl SendQueue {
     /// Moves staged messages into the queue, oldest first, while the queue stays within `limit`
     /// (at least one when the queue is empty). Returns how many moved.
     pub fn unstage(&mut self, pool: &mut Pool, limit: usize) -> usize {
+        self.unstage_with(pool, limit, |frame| frame)
+    }
+
+    /// [`SendQueue::unstage`], queuing `f(frame)` for each staged frame (the limit counts the
+    /// staged length).
+    pub fn unstage_with(
+        &mut self,
+        pool: &mut Pool,
+        limit: usize,
+        mut f: impl FnMut(Bytes) -> Bytes,
+    ) -> usize {
         let mut moved = 0;
         loop {
             let len = self.len();
@@ -368,7 +379,7 @@ impl SendQueue {
                 return moved;
             }
             let Some(frame) = stage.pop() else { return moved };
-            self.push_published(pool, &frame);
+            self.push_published(pool, &f(frame));
             moved += 1;
         }
     }

@@ -5,10 +5,13 @@
 
 use std::any::Any;
 
+use bytes::Bytes;
+
 use super::Core;
 use crate::api::{ConnId, Handler, SendStatus};
 use crate::config::SlowConsumer;
 use crate::runtime::conn::Phase;
+use crate::runtime::deflate::{self, Fanned};
 use crate::runtime::handle::{lookup, Frame, Verdict};
 use crate::runtime::pubsub::Publication;
 use crate::runtime::Command;
@@ -18,17 +21,31 @@ impl<H: Handler> Core<H> {
         match command {
             Command::Broadcast(frame) => {
                 let policy = self.local.send_policy();
+                let local = &mut self.local;
+                let mut fanned = Fanned::new(&frame);
                 let mut slow = std::mem::take(&mut self.slow);
                 for (id, conn) in self.conns.iter_mut() {
                     if !conn.can_send() {
                         continue;
                     }
-                    match policy.verdict(conn.io.queue.len(), frame.len()) {
+                    let send = conn.io.deflate;
+                    let shared = fanned.for_shared(send, &mut local.deflate, &mut local.counts);
+                    let len = shared.map_or(frame.len(), Bytes::len);
+                    match policy.verdict(conn.io.queue.len(), len) {
                         Verdict::Queue => {
-                            conn.io.queue.push_published(&mut self.local.pool, &frame);
-                            self.local.mark_dirty(id, &mut conn.io);
+                            let own;
+                            let frame = match shared {
+                                Some(shared) => shared,
+                                None => {
+                                    let counts = &mut local.counts;
+                                    own = local.deflate.compress_frame(id, send, &frame, counts);
+                                    own.as_ref().unwrap_or(&frame)
+                                }
+                            };
+                            conn.io.queue.push_published(&mut local.pool, frame);
+                            local.mark_dirty(id, &mut conn.io);
                         }
-                        Verdict::Drop => self.local.counts.dropped += 1,
+                        Verdict::Drop => local.counts.dropped += 1,
                         Verdict::Close => slow.push(id),
                     }
                 }
@@ -77,9 +94,16 @@ impl<H: Handler> Core<H> {
         if !conn.can_send() {
             return SendStatus::Closing;
         }
-        let Phase::Open(o) = &mut conn.phase else { return SendStatus::Closed };
         let slot = id.slot as usize;
-        let status = self.local.queue(slot, &mut conn.io, &mut o.app.close_request, frame);
+        let status = match frame {
+            Frame::Shared(bytes) if conn.io.deflate.is_on() => {
+                deflate::queue_frame(&mut self.local, slot, conn, bytes)
+            }
+            _ => {
+                let Phase::Open(o) = &mut conn.phase else { return SendStatus::Closed };
+                self.local.queue(slot, &mut conn.io, &mut o.app.close_request, frame)
+            }
+        };
         if status == SendStatus::Closing {
             self.after_event(slot);
         }
@@ -115,25 +139,42 @@ impl<H: Handler> Core<H> {
         let local = &mut self.local;
         let Some((topic_id, topic)) = local.topics.find(&p.topic) else { return };
         let policy = topic.policy;
-        let len = p.frame.len();
+        let mut fanned = Fanned::new(&p.frame);
         let mut slow = std::mem::take(&mut self.slow);
         for &id in &topic.subscribers {
             let Some(conn) = self.conns.get_mut(id) else { continue };
             if !conn.can_send() {
                 continue;
             }
+            // What this subscriber gets: the plain frame, or one compressed for everyone whose
+            // server side keeps no context (`None`: its own compressor, which keeps context,
+            // compresses the plain frame when it is queued).
+            let send = conn.io.deflate;
+            let shared = fanned.for_shared(send, &mut local.deflate, &mut local.counts);
+            let len = shared.map_or(p.frame.len(), Bytes::len);
             let queue = &mut conn.io.queue;
             let behind = queue.has_staged() || policy.verdict(queue.len(), len) != Verdict::Queue;
             if policy.slow_consumer == SlowConsumer::Conflate && behind {
                 // Behind: wait in the stage (replacing an older message of the same key)
-                // until what is in flight is sent; see `flush`.
-                if queue.stage(&mut local.pool, (topic_id, p.key), p.frame.clone()) {
+                // until what is in flight is sent; see `flush`. A connection with its own
+                // compressor stages the plain frame, compressed as it leaves the stage.
+                let staged = shared.unwrap_or(&p.frame).clone();
+                if queue.stage(&mut local.pool, (topic_id, p.key), staged) {
                     local.counts.conflated += 1;
                 }
             } else {
                 match policy.verdict(queue.len(), len) {
                     Verdict::Queue => {
-                        queue.push_published(&mut local.pool, &p.frame);
+                        let own;
+                        let frame = match shared {
+                            Some(shared) => shared,
+                            None => {
+                                let counts = &mut local.counts;
+                                own = local.deflate.compress_frame(id, send, &p.frame, counts);
+                                own.as_ref().unwrap_or(&p.frame)
+                            }
+                        };
+                        queue.push_published(&mut local.pool, frame);
                         local.counts.delivered += 1;
                     }
                     Verdict::Drop => {

@@ -50,7 +50,11 @@ impl<H: Handler> Core<H> {
         let tcp_peer = pending.peer;
         // Who sent the request: the client a trusted PROXY header named, else the TCP peer.
         let sender = pending.proxied.unwrap_or(tcp_peer);
-        let settings = &self.local.settings;
+        let crate::runtime::handle::Local { settings, deflate: worker_deflate, counts, .. } =
+            &mut self.local;
+        let settings = &*settings;
+        // permessage-deflate as agreed (within the worker's budget) and how sends compress.
+        let mut deflate = None;
         let mut client = sender;
         let (reply, head_len, accepted) = match handshake::parse_request(whole, &self.handshake) {
             Ok(Some(req)) => {
@@ -61,7 +65,7 @@ impl<H: Handler> Core<H> {
                 let (Ok(addr) | Err(Unnamed(addr))) = named;
                 client = addr;
                 let (reply, accepted, protocol) = match handshake::validate(&req, &self.handshake) {
-                    Ok(accept) => match named {
+                    Ok(mut accept) => match named {
                         Err(_) if settings.require_forwarded => {
                             (edge::unnamed_response(settings), None, None)
                         }
@@ -74,11 +78,17 @@ impl<H: Handler> Core<H> {
                             };
                             let (reply, app) = match self.handler.on_upgrade(&upgrading) {
                                 Upgrade::Accept(data) => {
+                                    let send =
+                                        worker_deflate.admit(id, &mut accept.deflate, counts);
+                                    deflate = accept.deflate.as_ref().map(|n| (n.params, send));
                                     let mut out = Vec::with_capacity(160);
                                     accept.write_response(None, &mut out);
                                     (out, Some(data))
                                 }
                                 Upgrade::AcceptWith(data, headers) => {
+                                    let send =
+                                        worker_deflate.admit(id, &mut accept.deflate, counts);
+                                    deflate = accept.deflate.as_ref().map(|n| (n.params, send));
                                     let mut out = Vec::with_capacity(256);
                                     match accept.write_response_with(None, &headers, &mut out) {
                                         Ok(()) => (out, Some(data)),
@@ -158,7 +168,12 @@ impl<H: Handler> Core<H> {
             self.request_close(id, false);
             return;
         };
-        let proto = Connection::new(Role::Server, self.proto);
+        let mut proto = Connection::new(Role::Server, self.proto);
+        if let Some((params, send)) = deflate {
+            // The worker compresses sends itself (`runtime::deflate`); the core inflates.
+            proto.enable_deflate(params, None);
+            conn.io.deflate = send;
+        }
         conn.phase = Phase::Open(Box::new(Open { proto, app, input: Default::default() }));
         self.callback(id, |h, ws| h.on_open(ws));
         if !rest.is_empty() {

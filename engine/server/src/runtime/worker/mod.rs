@@ -45,6 +45,7 @@ use slab::Slab;
 
 use super::backend::{Backend, Driver, SendQueue};
 use super::conn::{flag, Conn, Phase};
+use super::deflate::{self, WorkerDeflate};
 use super::handle::{Counts, Local, WebSocket};
 use super::pubsub::{Publication, Topics};
 use super::queue::Pool;
@@ -89,7 +90,7 @@ impl<H: Handler> std::fmt::Debug for Core<H> {
 
 impl<H: Handler> Core<H> {
     pub(crate) fn new(worker: u16, handler: H, settings: Settings, shared: Arc<Shared>) -> Self {
-        let handshake = HandshakeConfig {
+        let mut handshake = HandshakeConfig {
             max_head_bytes: settings.max_head_bytes,
             allowed_origins: (!settings.allowed_origins.is_empty())
                 .then(|| settings.allowed_origins.clone()),
@@ -97,6 +98,7 @@ impl<H: Handler> Core<H> {
             subprotocols: settings.subprotocols.clone(),
             ..HandshakeConfig::default()
         };
+        handshake.deflate = deflate::handshake_config(&settings);
         let proto = Config {
             max_frame_size: settings.max_frame_size,
             max_message_size: settings.max_message_size,
@@ -111,6 +113,7 @@ impl<H: Handler> Core<H> {
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
         let inputs = input::Inputs::new(&settings, shared.workers());
+        let deflate = WorkerDeflate::new(&settings);
         Core {
             handler,
             conns: Slab::new(),
@@ -127,6 +130,7 @@ impl<H: Handler> Core<H> {
                 counts: Counts::default(),
                 now_ms: 0,
                 now: 0,
+                deflate,
             },
             handshake,
             proto,
@@ -171,6 +175,10 @@ impl<H: Handler> Core<H> {
         stats.slow_closed.store(c.slow_closed, Ordering::Relaxed);
         stats.stale.store(c.stale, Ordering::Relaxed);
         stats.accept_errors.store(c.accept_errors, Ordering::Relaxed);
+        stats.compressed_shared.store(c.compressed_shared, Ordering::Relaxed);
+        stats.compressed_per_conn.store(c.compressed_per_conn, Ordering::Relaxed);
+        stats.deflate_declined.store(c.deflate_declined, Ordering::Relaxed);
+        stats.deflate_memory.store(self.local.deflate.in_use() as u64, Ordering::Relaxed);
     }
 
     /// Leaks (never frees) every send queue with bytes in flight: the backend could not confirm
@@ -265,6 +273,7 @@ impl<H: Handler> Driver for Core<H> {
             self.release_input(id);
             let mut conn = self.conns.remove(id);
             self.local.topics.unsubscribe_all(id);
+            self.local.deflate.release(id);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.local.pool);
         }
@@ -333,12 +342,11 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     for id in dirty.drain(..) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.set(flag::DIRTY, false);
-        let queue = &mut conn.io.queue;
-        if queue.has_staged() && queue.in_flight().is_none() {
+        if conn.io.queue.has_staged() && conn.io.queue.in_flight().is_none() {
             // Caught up: the latest conflated messages go out with this send.
-            queue.unstage(&mut core.local.pool, usize::MAX);
+            deflate::unstage(id, conn, &mut core.local);
         }
-        backend.flush(id, queue);
+        backend.flush(id, &mut conn.io.queue);
         let queued = conn.io.queue.len();
         let over = conn.io.has(flag::OVER_HIGH_WATER);
         if queued > high_water && !over {

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use ringside_proto::deflate::{DeflateOffer, DeflateParams};
 use ringside_proto::frame::{self, OpCode};
-use ringside_proto::handshake::{generate_key, write_client_request};
+use ringside_proto::handshake::{generate_key, parse_response, write_client_request};
 use ringside_proto::{CloseCode, Config, Connection, Event, Message, Role};
 
 use super::{turn, Core};
 use crate::api::{ConnId, Handler, SendStatus, Upgrade, Upgrading};
-use crate::config::{Settings, SlowConsumer, TopicPolicy, TopicRule};
+use crate::config::{Compression, Settings, SlowConsumer, TopicPolicy, TopicRule};
 use crate::runtime::backend::{Backend, Driver, Out, SendQueue, Waker};
 use crate::runtime::handle::{Ctx, WebSocket};
 use crate::runtime::{Command, Shared, WorkerStats};
@@ -708,4 +709,314 @@ fn shutdown_closes_everyone_with_1001_then_finishes() {
     rig.data(id, &Rig::<App>::frame(OpCode::Close, &1001u16.to_be_bytes()));
     rig.now += 10;
     assert!(rig.turn(), "finished once the last connection is released");
+}
+
+// permessage-deflate.
+
+/// Upgrades a connection offering `offer` (none: no extension); returns its id and what the
+/// server agreed to, checked by the client side of the negotiation, which the client connection
+/// then uses to inflate.
+fn open_deflate<H: Handler>(
+    rig: &mut Rig<H>,
+    from: SocketAddr,
+    path: &str,
+    offer: Option<DeflateOffer>,
+) -> (usize, Option<DeflateParams>) {
+    let id = rig.accept(from);
+    let key = generate_key();
+    let value = offer.map(|o| o.header_value());
+    let headers: Vec<(&str, &str)> =
+        value.iter().map(|v| ("Sec-WebSocket-Extensions", v.as_str())).collect();
+    let mut req = Vec::new();
+    write_client_request("test", path, &key, &[], &headers, &mut req);
+    rig.data(id, &req);
+    let sent = rig.take_sent(id);
+    let accepted = parse_response(&sent, &key, &[]).unwrap().expect("a whole 101");
+    let agreed = match offer {
+        Some(o) => o.accept(accepted.extensions.as_deref()).unwrap(),
+        None => {
+            assert_eq!(accepted.extensions, None, "nothing offered, nothing agreed");
+            None
+        }
+    };
+    let mut client = Connection::new(Role::Client, Config::default());
+    if let Some(params) = agreed {
+        client.enable_deflate(params, None);
+    }
+    rig.clients.insert(id, (client, 0));
+    (id, agreed)
+}
+
+/// What the client of `id` received since last asked, each message with whether its frame was
+/// compressed (RSV1).
+fn received_rsv1<H: Handler>(rig: &mut Rig<H>, id: usize) -> Vec<(bool, String)> {
+    let mut bytes = rig.take_sent(id);
+    let rules = frame::DecodeRules { expect_masked: false, max_frame_size: u64::MAX };
+    let mut flags = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((h, n))) = frame::decode_header_deflate(&bytes[at..], rules) {
+        flags.push(h.rsv1);
+        at += n + h.len as usize;
+    }
+    assert_eq!(at, bytes.len(), "whole frames");
+    let (client, _) = rig.clients.get_mut(&id).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        match client.read(&mut bytes[pos..]) {
+            Ok((n, Some(Event::Message(m)))) => {
+                pos += n;
+                let text = match m {
+                    Message::Text(t) => t.to_owned(),
+                    Message::Binary(b) => format!("binary {}", b.len()),
+                };
+                out.push((flags[out.len()], text));
+            }
+            Ok((_, None)) => break,
+            Ok((_, Some(other))) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("the client failed on what the server sent: {e}"),
+        }
+    }
+    out
+}
+
+/// A JSON tick of about 200 bytes, different for every `i`.
+fn tick(i: u64) -> String {
+    format!(
+        r#"{{"type":"tick","symbol":"SYM{:03}","seq":{i},"bid":{}.{:02},"ask":{}.{:02},"volume":{},"venue":"XNAS","flags":["regular","odd-lot"],"padding":"........................................"}}"#,
+        i % 7,
+        100 + i % 13,
+        i % 100,
+        101 + i % 11,
+        (i * 7) % 100,
+        i * 37
+    )
+}
+
+#[test]
+fn deflate_dedicated_sends_compress_with_context_within_the_budget() {
+    // Room for exactly one connection whose client keeps context: compressor + inflater.
+    let one =
+        crate::runtime::deflate::compressor_bytes(15) + crate::runtime::deflate::INFLATER_BYTES;
+    let s = Settings {
+        deflate: Compression::Dedicated,
+        deflate_memory: one,
+        deflate_threshold: 64,
+        ..settings()
+    };
+    let mut rig = Rig::new(s, App::default());
+    let (a, agreed) = open_deflate(&mut rig, peer(70), "/anon", Some(DeflateOffer::default()));
+    let params = agreed.expect("agreed");
+    assert!(!params.server_no_context_takeover && !params.client_no_context_takeover);
+    assert_eq!(rig.core.local.deflate.in_use(), one);
+    // Echoes of similar messages: compressed, and smaller once the context holds the first.
+    let mut sizes = Vec::new();
+    for i in 0..5 {
+        rig.text(a, &tick(i));
+        let raw = rig.fake.sent.get(&a).map_or(0, Vec::len);
+        sizes.push(raw);
+        let got = received_rsv1(&mut rig, a);
+        assert_eq!(got, [(true, format!(": {}", tick(i)))]);
+    }
+    assert!(sizes[4] * 2 < sizes[0], "context takeover pays: {sizes:?}");
+    // A short message goes plain; the next compressed one still decodes (context intact).
+    rig.text(a, "hi");
+    rig.text(a, &tick(9));
+    assert_eq!(
+        received_rsv1(&mut rig, a),
+        [(false, ": hi".into()), (true, format!(": {}", tick(9)))]
+    );
+    // The budget is spent: the next upgrade is answered without the extension, and served.
+    let (b, agreed) = open_deflate(&mut rig, peer(71), "/anon", Some(DeflateOffer::default()));
+    assert_eq!(agreed, None);
+    assert_eq!(rig.core.local.counts.deflate_declined, 1);
+    rig.text(b, &tick(1));
+    assert_eq!(received_rsv1(&mut rig, b), [(false, format!(": {}", tick(1)))]);
+    // A client that keeps no context and wants none from us needs no budget at all.
+    let light = DeflateOffer {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        ..DeflateOffer::default()
+    };
+    let (c, agreed) = open_deflate(&mut rig, peer(72), "/anon", Some(light));
+    assert!(agreed.is_some());
+    rig.text(c, &tick(2));
+    assert_eq!(received_rsv1(&mut rig, c), [(true, format!(": {}", tick(2)))]);
+    assert_eq!(rig.core.local.deflate.in_use(), one);
+    // The first connection closes: its share comes back, and the next upgrade gets it.
+    rig.data(a, &Rig::<App>::frame(OpCode::Close, &1000u16.to_be_bytes()));
+    rig.turn();
+    rig.turn();
+    assert!(rig.core.conns.get(a).is_none());
+    assert_eq!(rig.core.local.deflate.in_use(), 0);
+    let (d, agreed) = open_deflate(&mut rig, peer(73), "/anon", Some(DeflateOffer::default()));
+    assert!(agreed.is_some());
+    rig.text(d, &tick(3));
+    assert_eq!(received_rsv1(&mut rig, d), [(true, format!(": {}", tick(3)))]);
+}
+
+#[test]
+fn deflate_shared_publish_is_compressed_once_per_window_class() {
+    let s = Settings { deflate: Compression::Shared, deflate_threshold: 64, ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let small_window = DeflateOffer { server_max_window_bits: Some(10), ..DeflateOffer::default() };
+    let offers = [
+        Some(DeflateOffer::default()),
+        Some(DeflateOffer::default()),
+        None,
+        Some(small_window),
+        Some(DeflateOffer::default()),
+    ];
+    let mut ids = Vec::new();
+    for (i, offer) in offers.into_iter().enumerate() {
+        let (id, agreed) = open_deflate(&mut rig, peer(80 + i as u8), "/anon", offer);
+        assert_eq!(agreed.is_some(), offer.is_some());
+        if let Some(p) = agreed {
+            assert!(p.server_no_context_takeover && p.client_no_context_takeover, "{p:?}");
+        }
+        rig.core.local.topics.subscribe(id, "ticks").unwrap();
+        ids.push(id);
+    }
+    assert_eq!(rig.core.local.deflate.in_use(), 0, "shared mode holds nothing per connection");
+    let sender = rig.sender();
+    sender.publish("ticks", Message::Text(&tick(1)));
+    sender.publish("ticks", Message::Text("short"));
+    rig.turn();
+    // Window 15 once, window 10 once (a 10-bit frame would also serve the 15-bit ones, but
+    // they came first); the short one goes plain.
+    assert_eq!(rig.core.local.counts.compressed_shared, 2);
+    assert_eq!(rig.core.local.counts.compressed_per_conn, 0);
+    for (i, &id) in ids.iter().enumerate() {
+        let compressed = i != 2;
+        assert_eq!(
+            received_rsv1(&mut rig, id),
+            [(compressed, tick(1)), (false, "short".to_owned())],
+            "subscriber {i}"
+        );
+    }
+    // A small window first: its frame serves every larger window too.
+    let (first, _) = open_deflate(&mut rig, peer(90), "/anon", Some(small_window));
+    let (second, _) = open_deflate(&mut rig, peer(91), "/anon", Some(DeflateOffer::default()));
+    for id in [first, second] {
+        rig.core.local.topics.subscribe(id, "solo").unwrap();
+    }
+    sender.publish("solo", Message::Text(&tick(2)));
+    rig.turn();
+    assert_eq!(rig.core.local.counts.compressed_shared, 3);
+    for id in [first, second] {
+        assert_eq!(received_rsv1(&mut rig, id), [(true, tick(2))]);
+    }
+    // Sends from another thread and broadcasts are compressed too.
+    let to = rig.id_of(ids[0]);
+    assert_eq!(sender.send_text(to, &tick(3)), SendStatus::Queued);
+    rig.turn();
+    assert_eq!(received_rsv1(&mut rig, ids[0]), [(true, tick(3))]);
+    rig.shared.broadcast(Message::Text(&tick(4)));
+    rig.turn();
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(received_rsv1(&mut rig, id), [(i != 2, tick(4))], "subscriber {i}");
+    }
+}
+
+#[test]
+fn deflate_conflation_and_drops_never_break_a_context_takeover_stream() {
+    let rules = vec![
+        TopicRule {
+            pattern: "px".into(),
+            policy: TopicPolicy { slow_consumer: SlowConsumer::Conflate, limit: 600 },
+        },
+        TopicRule {
+            pattern: "drop".into(),
+            policy: TopicPolicy { slow_consumer: SlowConsumer::Drop, limit: 600 },
+        },
+    ];
+    let s = Settings {
+        deflate: Compression::Dedicated,
+        deflate_threshold: 64,
+        topic_rules: rules,
+        ..settings()
+    };
+    let mut rig = Rig::new(s, App::default());
+    let shared_offer = DeflateOffer { server_no_context_takeover: true, ..DeflateOffer::default() };
+    let (own_px, _) = open_deflate(&mut rig, peer(100), "/anon", Some(DeflateOffer::default()));
+    let (shared_px, p) = open_deflate(&mut rig, peer(101), "/anon", Some(shared_offer));
+    assert!(p.unwrap().server_no_context_takeover);
+    let (own_drop, _) = open_deflate(&mut rig, peer(102), "/anon", Some(DeflateOffer::default()));
+    for (id, topic) in [(own_px, "px"), (shared_px, "px"), (own_drop, "drop")] {
+        rig.core.local.topics.subscribe(id, topic).unwrap();
+        // Reads a little, then nothing: the rest waits, staged or dropped.
+        rig.fake.window.insert(id, 300);
+    }
+    let sender = rig.sender();
+    for i in 0..40u64 {
+        sender.publish_keyed("px", i % 3, Message::Text(&tick(i)));
+        sender.publish("drop", Message::Text(&tick(i)));
+        rig.turn();
+    }
+    let counts = rig.core.local.counts;
+    assert!(counts.conflated > 10 && counts.dropped > 10, "{counts:?}");
+    for &id in &[own_px, shared_px, own_drop] {
+        rig.fake.window.insert(id, usize::MAX);
+    }
+    for _ in 0..4 {
+        rig.turn();
+    }
+    // Every message decodes to one that was published, in order, and each key's latest
+    // arrives; the client's inflater fails (1007) or yields other text if a frame it never got
+    // was referred to.
+    for id in [own_px, shared_px] {
+        let got = received_rsv1(&mut rig, id);
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|(compressed, text)| {
+                assert!(*compressed, "{text}");
+                (0..40).find(|&i| *text == tick(i)).expect("a published message")
+            })
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        assert!(seqs.ends_with(&[37, 38, 39]), "{seqs:?}");
+        assert!(seqs.len() < 30, "conflated: {seqs:?}");
+    }
+    let got = received_rsv1(&mut rig, own_drop);
+    assert!(got.len() < 40 && !got.is_empty(), "{}", got.len());
+    for (compressed, text) in &got {
+        assert!(*compressed && (0..40).any(|i| *text == tick(i)), "{text}");
+    }
+    // After the drops, the stream goes on decoding.
+    sender.publish("drop", Message::Text(&tick(40)));
+    rig.turn();
+    assert_eq!(received_rsv1(&mut rig, own_drop), [(true, tick(40))]);
+    assert!(rig.core.local.counts.compressed_per_conn > 0);
+}
+
+#[test]
+fn deflate_a_dropped_send_resets_its_compressor() {
+    let s = Settings {
+        deflate: Compression::Dedicated,
+        deflate_threshold: 64,
+        slow_consumer: SlowConsumer::Drop,
+        send_limit: 1500,
+        send_high_water: 1500,
+        ..settings()
+    };
+    let mut rig = Rig::new(s, App::default());
+    let (id, _) = open_deflate(&mut rig, peer(110), "/anon", Some(DeflateOffer::default()));
+    rig.fake.window.insert(id, 0);
+    for i in 0..60 {
+        rig.text(id, &tick(i));
+    }
+    assert!(rig.core.local.counts.dropped > 0);
+    rig.fake.window.insert(id, usize::MAX);
+    rig.turn();
+    rig.turn();
+    let got = received_rsv1(&mut rig, id);
+    assert!(!got.is_empty() && got.len() < 60, "{}", got.len());
+    for (compressed, text) in &got {
+        assert!(*compressed && (0..60).any(|i| *text == format!(": {}", tick(i))), "{text}");
+    }
+    // What follows the drops must not refer to what the client never got.
+    for i in 60..63 {
+        rig.text(id, &tick(i));
+        assert_eq!(received_rsv1(&mut rig, id), [(true, format!(": {}", tick(i)))]);
+    }
 }
