@@ -33,7 +33,9 @@ mod server;
 mod signal;
 
 pub use api::{ConnId, Error, Handler, SendStatus, Stats, Upgrade, Upgrading};
-pub use config::{Backend, ConfigError, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers};
+pub use config::{
+    Backend, ConfigError, Settings, SlowConsumer, TlsIdentity, TopicPolicy, TopicRule, Workers,
+};
 pub use ringside_proto as proto;
 pub use ringside_proto::handshake::Request;
 pub use ringside_proto::{CloseCode, Message};

@@ -7,6 +7,7 @@ pub(crate) mod conn;
 pub(crate) mod handle;
 pub(crate) mod pubsub;
 pub(crate) mod queue;
+pub(crate) mod tls;
 pub(crate) mod worker;
 
 use std::any::{Any, TypeId};
@@ -84,6 +85,8 @@ pub(crate) struct Shared {
     /// The handler type the workers run, so a deferred closure for another type is refused at
     /// the call instead of failing on the worker.
     pub(crate) handler: TypeId,
+    /// The TLS configuration, when serving wss.
+    pub(crate) tls: Option<Arc<tls::TlsShared>>,
 }
 
 impl Shared {
@@ -167,6 +170,7 @@ pub(crate) struct Prepared {
     pub(crate) settings: Settings,
     kind: Kind,
     listeners: Vec<TcpListener>,
+    tls: Option<Arc<tls::TlsShared>>,
 }
 
 impl Prepared {
@@ -202,6 +206,13 @@ pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
             }
         },
     };
+    // Load the certificate before binding: a bad one fails the start, naming the file.
+    let tls = match &settings.tls {
+        Some(identity) => {
+            Some(Arc::new(tls::TlsShared::new(identity.clone()).map_err(crate::Error::Tls)?))
+        }
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(workers);
     let mut addr = settings.listen;
     if !settings.reuse_port && addr.port() != 0 {
@@ -213,7 +224,7 @@ pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
         addr = listener.local_addr()?;
         listeners.push(listener);
     }
-    Ok(Prepared { local_addr: addr, settings, kind, listeners })
+    Ok(Prepared { local_addr: addr, settings, kind, listeners, tls })
 }
 
 /// Runs the io_uring probe on a short-lived thread: tearing a ring down queues task work on the
@@ -277,7 +288,7 @@ where
     H: Handler,
     F: Fn() -> H + Send + Sync + 'static,
 {
-    let Prepared { local_addr: _, settings, kind, listeners } = prepared;
+    let Prepared { local_addr: _, settings, kind, listeners, tls } = prepared;
     let count = listeners.len();
     let wakers = (0..count).map(|_| Waker::new()).collect::<io::Result<Vec<_>>>()?;
     let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
@@ -289,6 +300,7 @@ where
         inboxes,
         stats: (0..count).map(|_| WorkerStats::default()).collect(),
         handler: TypeId::of::<H>(),
+        tls,
     });
     let cores =
         if settings.pin { core_affinity::get_core_ids().unwrap_or_default() } else { vec![] };

@@ -21,6 +21,7 @@ mod fanout;
 mod frames;
 mod handshake;
 pub(crate) mod timers;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ use super::conn::{flag, Conn, Phase};
 use super::handle::{Counts, Local, WebSocket};
 use super::pubsub::{Publication, Topics};
 use super::queue::Pool;
+use super::tls::Layer;
 use super::{Command, Shared};
 use crate::api::Handler;
 use crate::config::{Settings, TopicPolicy};
@@ -69,6 +71,8 @@ pub(crate) struct Core<H: Handler> {
     /// The next tick (ms), when ticking.
     next_tick: Option<u64>,
     shutdown_deadline: Option<u64>,
+    /// The TLS sessions, when serving wss.
+    tls: Option<Layer>,
 }
 
 impl<H: Handler> std::fmt::Debug for Core<H> {
@@ -99,6 +103,7 @@ impl<H: Handler> Core<H> {
         );
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
+        let tls = shared.tls.clone().map(Layer::new);
         Core {
             handler,
             conns: Slab::new(),
@@ -126,6 +131,7 @@ impl<H: Handler> Core<H> {
             next_sweep: 0,
             next_tick,
             shutdown_deadline: None,
+            tls,
         }
     }
 
@@ -187,19 +193,22 @@ impl<H: Handler> Driver for Core<H> {
         }
         self.generation = self.generation.wrapping_add(1);
         let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        Some(self.conns.insert(Conn::new(self.local.now, self.generation, peer)))
+        let id = self.conns.insert(Conn::new(self.local.now, self.generation, peer));
+        if let Some(tls) = &mut self.tls {
+            if let Err(e) = tls.accept(id) {
+                tracing::warn!(error = %e, "cannot start a TLS session; refusing the connection");
+                self.conns.remove(id);
+                return None;
+            }
+        }
+        Some(id)
     }
 
     fn on_data(&mut self, id: usize, data: &mut [u8]) {
-        let Some(conn) = self.conns.get_mut(id) else { return };
-        match conn.phase {
-            Phase::Handshake(_) => self.on_handshake_data(id, data),
-            Phase::Open(_) => {
-                conn.io.last_rx = self.local.now;
-                conn.io.set(flag::IDLE_PINGED, false);
-                self.on_frames(id, data);
-            }
-            Phase::Done => {}
+        if self.tls.as_mut().is_some_and(|tls| tls.conn(id).is_some()) {
+            self.on_tls_data(id, data);
+        } else {
+            self.on_plain(id, data);
         }
     }
 
@@ -215,6 +224,10 @@ impl<H: Handler> Driver for Core<H> {
     }
 
     fn queue(&mut self, id: usize) -> Option<&mut SendQueue> {
+        // A TLS connection's backend side is its ciphertext queue.
+        if let Some(conn) = self.tls.as_mut().and_then(|tls| tls.conn(id)) {
+            return Some(&mut conn.out);
+        }
         self.conns.get_mut(id).map(|c| &mut c.io.queue)
     }
 
@@ -232,6 +245,25 @@ impl<H: Handler> Driver for Core<H> {
             self.local.topics.unsubscribe_all(id);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.local.pool);
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.release(id, &mut self.local.pool);
+        }
+    }
+}
+
+impl<H: Handler> Core<H> {
+    /// Plaintext bytes of `id` (a plain connection's, or a TLS connection's decrypted).
+    fn on_plain(&mut self, id: usize, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        match conn.phase {
+            Phase::Handshake(_) => self.on_handshake_data(id, data),
+            Phase::Open(_) => {
+                conn.io.last_rx = self.local.now;
+                conn.io.set(flag::IDLE_PINGED, false);
+                self.on_frames(id, data);
+            }
+            Phase::Done => {}
         }
     }
 }
@@ -290,13 +322,32 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     for id in dirty.drain(..) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.set(flag::DIRTY, false);
+        let tls = core.tls.as_mut().and_then(|tls| tls.conn(id));
+        let closing = conn.io.has(flag::CLOSE_REQUESTED);
         let queue = &mut conn.io.queue;
-        if queue.has_staged() && queue.in_flight().is_none() {
+        let caught_up = match &tls {
+            Some(tls) => tls.ready_for_more(),
+            None => queue.in_flight().is_none(),
+        };
+        if queue.has_staged() && caught_up {
             // Caught up: the latest conflated messages go out with this send.
             queue.unstage(&mut core.local.pool, usize::MAX);
         }
-        backend.flush(id, queue);
-        let queued = conn.io.queue.len();
+        let queued = match tls {
+            Some(tls) => {
+                // Corked: this iteration's plaintext becomes one batch of records.
+                if caught_up || closing {
+                    tls.seal(queue, &mut core.local.pool);
+                }
+                backend.flush(id, &mut tls.out);
+                tls.out.recycle(&mut core.local.pool);
+                queue.len() + tls.out.len()
+            }
+            None => {
+                backend.flush(id, queue);
+                queue.len()
+            }
+        };
         let over = conn.io.has(flag::OVER_HIGH_WATER);
         if queued > high_water && !over {
             conn.io.set(flag::OVER_HIGH_WATER, true);
@@ -312,6 +363,9 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     }
     core.flushing = dirty;
     for (id, hard) in std::mem::take(&mut core.to_close) {
+        if !hard {
+            core.seal_for_close(id, backend);
+        }
         backend.close(id, hard);
     }
 }

@@ -198,6 +198,7 @@ impl<H: Handler> Rig<H> {
             inboxes: vec![tx],
             stats: vec![WorkerStats::default()],
             handler: TypeId::of::<H>(),
+            tls: None,
         });
         let core = Core::new(0, handler, settings, Arc::clone(&shared));
         Rig { core, fake: Fake::new(), inbox: rx, shared, now: 0, clients: HashMap::new() }
