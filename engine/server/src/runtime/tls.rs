@@ -245,12 +245,6 @@ impl TlsConn {
         wrote
     }
 
-    /// Whether the worker may seal the next batch: nothing is waiting to go out, so a backlog
-    /// stays plaintext in the connection's queue.
-    pub(crate) fn ready_for_more(&self) -> bool {
-        self.out.is_empty()
-    }
-
     /// Encrypts what `plain` holds pending into the ciphertext queue: corked, each pending
     /// piece (the owned buffer holding every small frame of the iteration, a shared frame)
     /// becomes as few records as its size allows. `true` when records were queued.

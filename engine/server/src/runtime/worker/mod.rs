@@ -322,28 +322,17 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     for id in dirty.drain(..) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.set(flag::DIRTY, false);
-        let tls = core.tls.as_mut().and_then(|tls| tls.conn(id));
-        let closing = conn.io.has(flag::CLOSE_REQUESTED);
-        let queue = &mut conn.io.queue;
-        let caught_up = match &tls {
-            Some(tls) => tls.ready_for_more(),
-            None => queue.in_flight().is_none(),
-        };
-        if queue.has_staged() && caught_up {
-            // Caught up: the latest conflated messages go out with this send.
-            queue.unstage(&mut core.local.pool, usize::MAX);
-        }
-        let queued = match tls {
+        let queued = match core.tls.as_mut().and_then(|tls| tls.conn(id)) {
             Some(tls) => {
-                // Corked: this iteration's plaintext becomes one batch of records.
-                if caught_up || closing {
-                    tls.seal(queue, &mut core.local.pool);
-                }
-                backend.flush(id, &mut tls.out);
-                tls.out.recycle(&mut core.local.pool);
-                queue.len() + tls.out.len()
+                let closing = conn.io.has(flag::CLOSE_REQUESTED);
+                tls::flush(id, tls, &mut conn.io.queue, &mut core.local.pool, closing, backend)
             }
             None => {
+                let queue = &mut conn.io.queue;
+                if queue.has_staged() && queue.in_flight().is_none() {
+                    // Caught up: the latest conflated messages go out with this send.
+                    queue.unstage(&mut core.local.pool, usize::MAX);
+                }
                 backend.flush(id, queue);
                 queue.len()
             }

@@ -7,8 +7,47 @@ use ringside_proto::CloseCode;
 
 use super::Core;
 use crate::api::Handler;
-use crate::runtime::backend::Backend;
+use crate::runtime::backend::{Backend, SendQueue};
 use crate::runtime::conn::{flag, Phase};
+use crate::runtime::queue::Pool;
+use crate::runtime::tls::TlsConn;
+
+/// The flush of one TLS connection: seals what the iteration queued (`plain`) into one batch
+/// of records and hands them to the backend; returns the bytes still queued (plaintext and
+/// ciphertext), for the high-water mark.
+///
+/// Sealing waits while ciphertext is in flight (the socket is behind), so a backlog stays
+/// plaintext in `plain`, where the send limit, the slow-consumer policy and conflation work as
+/// for plain ws; the backend's completion marks the connection dirty again. A closing
+/// connection seals everything: nothing else will follow, and the backend must have it all
+/// before it shuts the write side.
+pub(super) fn flush<B: Backend>(
+    id: usize,
+    tls: &mut TlsConn,
+    plain: &mut SendQueue,
+    pool: &mut Pool,
+    closing: bool,
+    backend: &mut B,
+) -> usize {
+    // Twice at most: a backend that sends at once (epoll) may finish what was in flight in
+    // this flush, and reports no completion for it, so what waited goes now.
+    for _ in 0..2 {
+        let caught_up = tls.out.in_flight().is_none();
+        if caught_up && plain.has_staged() {
+            // The latest conflated messages go out with this send.
+            plain.unstage(pool, usize::MAX);
+        }
+        if caught_up || closing {
+            tls.seal(plain, pool);
+        }
+        backend.flush(id, &mut tls.out);
+        if plain.is_empty() || tls.out.in_flight().is_some() {
+            break;
+        }
+    }
+    tls.out.recycle(pool);
+    plain.len() + tls.out.len()
+}
 
 impl<H: Handler> Core<H> {
     /// Ciphertext from `id`'s socket.
