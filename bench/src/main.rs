@@ -6,6 +6,7 @@
 //! - `compare`: Ringside against peers and the raw TCP echo limit (issue 4's matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+//! - `wss`: what TLS costs the server: echo and handshakes, ws against wss.
 //! - `serve`: the echo server `idle` starts (not meant to be run by hand).
 
 use std::io::{self, Read, Write};
@@ -20,6 +21,7 @@ mod compare;
 mod fanout;
 mod procs;
 mod scale;
+mod wss;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
 use ringside_proto::handshake;
 
@@ -122,6 +124,22 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
+    /// What TLS costs the server: echo CPU per message and handshakes/s, ws against wss.
+    Wss {
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Warm-up seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Backend of the server under test.
+        #[arg(long, value_enum, default_value = "io-uring")]
+        backend: BackendArg,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Run an echo server (used by the other subcommands).
     Serve {
         #[arg(long, value_enum)]
@@ -190,6 +208,17 @@ fn main() {
     let result = match args.command {
         Cmd::Serve { backend, listen, workers } => serve(backend, listen, workers),
         Cmd::Idle { conns, backend } => idle(conns, backend),
+        Cmd::Wss { secs, warmup, backend, cpus, out } => prepare(&out).and_then(|()| {
+            let options = wss::Options {
+                secs,
+                warmup,
+                backend: backend.flag(),
+                server_cpus: cpus.server_cpus,
+                load_cpus: cpus.load_cpus,
+                doc: out.doc,
+            };
+            wss::main(&procs::bin_dir()?, &options)
+        }),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {
                 compare::main(
