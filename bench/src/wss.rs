@@ -66,6 +66,8 @@ pub fn main(bins: &Path, o: &Options) -> io::Result<()> {
 fn run(bins: &Path, o: &Options, dir: &Path) -> io::Result<()> {
     let (cert, key, ca) = make_pki(dir)?;
     let client = client_config(&ca)?;
+    // Before pinning: the machine's CPU count, not this thread's.
+    let machine = procs::machine();
     let load_cpus: Vec<usize> = o.load_cpus.split(',').filter_map(|c| c.parse().ok()).collect();
     if let Some(&cpu) = load_cpus.first() {
         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
@@ -83,6 +85,7 @@ fn run(bins: &Path, o: &Options, dir: &Path) -> io::Result<()> {
     };
     let mut results: HashMap<(bool, &str), Figures> = HashMap::new();
     let names = ["100 x 20 B", "10 x 16 KiB"];
+    let mut idle_bytes = Vec::new();
     for tls in [false, true] {
         let server = ServerProcess::start(&o.server_cpus, &bins.join("ringside"), &base(tls))?;
         let cfg = tls.then(|| Arc::clone(&client));
@@ -91,25 +94,32 @@ fn run(bins: &Path, o: &Options, dir: &Path) -> io::Result<()> {
             eprintln!("{} {name}: {f:?}", if tls { "wss" } else { "ws" });
             results.insert((tls, name), f);
         }
-        let f = handshakes(server.addr, server.pid(), cfg, o)?;
+        let f = handshakes(server.addr, server.pid(), cfg.clone(), o)?;
         eprintln!("{} handshakes: {f:?}", if tls { "wss" } else { "ws" });
         results.insert((tls, "handshakes"), f);
+        let bytes = idle(server.addr, server.pid(), cfg)?;
+        eprintln!("{} idle: {bytes:.0} B per connection", if tls { "wss" } else { "ws" });
+        idle_bytes.push(bytes);
     }
     let mut md = String::new();
-    let _ = writeln!(md, "## wss: what TLS costs the server\n");
+    let _ = writeln!(md, "## wss: what TLS costs the server ({})\n", o.backend);
     let _ = writeln!(
         md,
-        "Command: `cargo run --release -p ringside-bench -- wss --backend {}` ({}). Machine: {}. \
+        "Command: `cargo run --release -p ringside-bench -- wss --backend {} --secs {}`. \
+         Machine: {}, shared and noisy (other builds were running). \
          Date: {}. The `ringside` echo binary, one {} worker pinned to CPU {}, plain and then \
          with TLS (rustls 0.23, ring; EC P-256 certificate, TLS 1.3, X25519, AES-128-GCM or \
          ChaCha20 as negotiated); the bench's own clients (one mio loop, rustls) on CPU {}. \
          Closed-loop echo, one message in flight per connection; {} s measured after {} s \
          warm-up. Server CPU is user+system time from /proc/PID/stat over the measured \
          window. Handshakes: {HANDSHAKERS} clients at once, each connecting, completing a \
-         full TLS handshake (no resumption) and the upgrade, then dropping the connection.\n",
+         full TLS handshake (no resumption) and the upgrade, then dropping the connection. \
+         The rates depend on the one client loop (which does TLS too) and on the noise; \
+         \"server busy\" says how loaded the server was. The server's CPU per message (or \
+         handshake) is the figure to compare.\n",
         o.backend,
         o.secs,
-        procs::machine(),
+        machine,
         procs::today(),
         o.backend,
         o.server_cpus,
@@ -137,6 +147,12 @@ fn run(bins: &Path, o: &Options, dir: &Path) -> io::Result<()> {
             100.0 * t.util,
         );
     }
+    let _ = writeln!(
+        md,
+        "\nServer memory per idle connection ({IDLE} connections open after the upgrade, RSS \
+         growth divided by {IDLE}): ws {:.0} B, wss {:.0} B.",
+        idle_bytes[0], idle_bytes[1]
+    );
     println!("{md}");
     procs::splice_doc(&o.doc, &format!("wss-{}", o.backend), &md)?;
     eprintln!("wrote {}", o.doc.display());
@@ -344,6 +360,53 @@ impl Peer {
         let out = self.ws.take_output();
         self.send_plain(&out)
     }
+}
+
+/// Idle connections held for the memory figure.
+const IDLE: usize = 2000;
+
+/// Server RSS growth per idle connection, over [`IDLE`] connections past the upgrade.
+fn idle(addr: SocketAddr, pid: u32, tls: Option<Arc<ClientConfig>>) -> io::Result<f64> {
+    let before = procs::rss(pid)?;
+    let mut poll = Poll::new()?;
+    let mut peers = Vec::with_capacity(IDLE);
+    let mut scratch = vec![0; 64 << 10];
+    let mut events = Events::with_capacity(1024);
+    let mut open = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open < IDLE {
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!("only {open} of {IDLE} idle connections opened")));
+        }
+        // Keep at most 64 handshakes going at once.
+        while peers.len() < IDLE && peers.len() < open + 64 {
+            let mut p = Peer::connect(addr, tls.as_ref())?;
+            let token = Token(peers.len());
+            poll.registry().register(
+                &mut p.sock,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            peers.push(p);
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+        for ev in events.iter() {
+            let p: &mut Peer = &mut peers[ev.token().0];
+            if p.open {
+                continue;
+            }
+            if !p.read_in(&mut scratch)? {
+                return Err(io::Error::other("the server closed an idle connection"));
+            }
+            p.parse()?;
+            if p.open {
+                open += 1;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = procs::rss(pid)?;
+    Ok(after.saturating_sub(before) as f64 / IDLE as f64)
 }
 
 /// Closed-loop echo over `conns` connections of `size`-byte messages.
