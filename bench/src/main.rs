@@ -10,6 +10,7 @@
 //!   against plain echo and against tokio-tungstenite with mpsc channels.
 //! - `cluster`: three broadcast nodes fanning a topic out over NATS, against one node.
 //! - `compression`: permessage-deflate off, shared and dedicated on a market-data fan-out.
+//! - `wss`: what TLS costs the server: echo and handshakes, ws against wss.
 //! - `serve`: the echo server `idle` starts, or the gateway server `gateway` starts (not meant
 //!   to be run by hand).
 
@@ -28,6 +29,7 @@ mod fanout;
 mod gateway;
 mod procs;
 mod scale;
+mod wss;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
 use ringside_proto::deflate::{DeflateOffer, DeflateParams};
 use ringside_proto::handshake;
@@ -227,6 +229,22 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
+    /// What TLS costs the server: echo CPU per message and handshakes/s, ws against wss.
+    Wss {
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Warm-up seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Backend of the server under test.
+        #[arg(long, value_enum, default_value = "io-uring")]
+        backend: BackendArg,
+        #[command(flatten)]
+        cpus: Cpus,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Run an echo server, or the gateway (used by the other subcommands).
     Serve {
         #[arg(long, value_enum)]
@@ -365,6 +383,17 @@ fn main() {
             })
         }
         Cmd::Idle { conns, backend, deflate } => idle(conns, backend, deflate),
+        Cmd::Wss { secs, warmup, backend, cpus, out } => prepare(&out).and_then(|()| {
+            let options = wss::Options {
+                secs,
+                warmup,
+                backend: backend.flag(),
+                server_cpus: cpus.server_cpus,
+                load_cpus: cpus.load_cpus,
+                doc: out.doc,
+            };
+            wss::main(&procs::bin_dir()?, &options)
+        }),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {
                 compare::main(

@@ -13,6 +13,9 @@ pub mod deflate_support;
 use ringside_proto::handshake;
 use ringside_proto::{Config, Connection, Event, Role};
 
+pub mod interop_support;
+pub mod tls;
+
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 

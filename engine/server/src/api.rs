@@ -251,6 +251,10 @@ pub enum Error {
     NoWorker(usize),
     /// The server has stopped.
     Stopped,
+    /// The TLS certificate or key could not be loaded (unreadable file, no certificate in the
+    /// PEM, a key that does not match), or TLS is not configured. At a reload the server
+    /// keeps serving the previous certificate.
+    Tls(String),
 }
 
 impl fmt::Display for Error {
@@ -262,6 +266,7 @@ impl fmt::Display for Error {
             Error::WrongHandler => f.write_str("the closure is for another handler type"),
             Error::NoWorker(w) => write!(f, "no worker {w}"),
             Error::Stopped => f.write_str("the server has stopped"),
+            Error::Tls(why) => write!(f, "TLS: {why}"),
         }
     }
 }

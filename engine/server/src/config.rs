@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ringside_proto::edge::{ForwardedHeader, TrustedProxies};
@@ -105,6 +106,55 @@ pub enum ProxyProtocol {
     /// from other peers are closed at accept; with an empty one, every peer's header is believed
     /// (for a listener only the proxy can reach).
     Required,
+}
+
+/// The certificate chain and private key a TLS (wss) server presents, in PEM.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsIdentity {
+    /// Files read at start and again at each reload (`ServerHandle::reload_tls`, SIGHUP in the
+    /// binary): replace them on disk, then reload.
+    Files {
+        /// The certificate chain: the server's certificate first, then intermediates.
+        cert: PathBuf,
+        /// The private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// PEM bytes held in memory (a secret store, a test).
+    Pem {
+        /// The certificate chain.
+        cert: Vec<u8>,
+        /// The private key.
+        key: Vec<u8>,
+    },
+}
+
+impl TlsIdentity {
+    /// The chain and key in the files `cert` and `key`.
+    pub fn files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        TlsIdentity::Files { cert: cert.into(), key: key.into() }
+    }
+
+    /// The chain and key from PEM bytes.
+    pub fn pem(cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        TlsIdentity::Pem { cert: cert.into(), key: key.into() }
+    }
+}
+
+// Never prints key material.
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsIdentity::Files { cert, key } => {
+                f.debug_struct("Files").field("cert", cert).field("key", key).finish()
+            }
+            TlsIdentity::Pem { cert, .. } => f
+                .debug_struct("Pem")
+                .field("cert", &format_args!("{} bytes", cert.len()))
+                .field("key", &format_args!("(redacted)"))
+                .finish(),
+        }
+    }
 }
 
 /// Every tunable, with its default. Build one with `Settings::default()` and struct update
@@ -228,6 +278,9 @@ pub struct Settings {
     /// connections are answered without the extension (never refused) until some close.
     /// Shared mode with no client context holds none per connection. Default 128 MiB.
     pub deflate_memory: usize,
+    /// Serve TLS (wss) with this certificate and key (TLS 1.2 and 1.3, ALPN `http/1.1`); none:
+    /// plain ws. Default none.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for Settings {
@@ -274,6 +327,7 @@ impl Default for Settings {
             deflate_window: 15,
             deflate_threshold: 128,
             deflate_memory: 128 << 20,
+            tls: None,
         }
     }
 }
@@ -423,6 +477,19 @@ impl Settings {
             let why = format!("{} is outside 9 to 15 (bits)", self.deflate_window);
             return err("deflate_window", "--deflate-window", why);
         }
+        match &self.tls {
+            Some(TlsIdentity::Files { cert, key })
+                if cert.as_os_str().is_empty() || key.as_os_str().is_empty() =>
+            {
+                let why = "both a certificate file and a key file are needed".into();
+                return err("tls", "--tls-cert/--tls-key", why);
+            }
+            Some(TlsIdentity::Pem { cert, key }) if cert.is_empty() || key.is_empty() => {
+                let why = "both a certificate chain and a key are needed (empty PEM)".into();
+                return err("tls", "--tls-cert/--tls-key", why);
+            }
+            _ => {}
+        }
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') {
                 let why = format!("{path:?} does not start with '/'");
@@ -505,11 +572,26 @@ mod tests {
             (Settings { bus: Some("nats://127.0.0.1:99999".into()), ..base() }, "--bus"),
             (Settings { deflate_window: 8, ..base() }, "--deflate-window"),
             (Settings { deflate_window: 16, ..base() }, "--deflate-window"),
+            (
+                Settings { tls: Some(TlsIdentity::files("", "key.pem")), ..base() },
+                "--tls-cert/--tls-key",
+            ),
+            (
+                Settings { tls: Some(TlsIdentity::pem(b"x".to_vec(), vec![])), ..base() },
+                "--tls-cert/--tls-key",
+            ),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);
             assert_eq!(e.flag, flag, "{e}");
             assert!(e.to_string().starts_with(flag), "{e}");
         }
+    }
+
+    #[test]
+    fn a_tls_key_never_shows_in_debug_output() {
+        let id = TlsIdentity::pem(b"CERT".to_vec(), b"SECRET-KEY".to_vec());
+        let shown = format!("{:?}", Settings { tls: Some(id), ..Settings::default() });
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 }

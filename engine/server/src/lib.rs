@@ -35,7 +35,8 @@ mod signal;
 pub use api::{ConnId, Error, Handler, Response, SendStatus, Stats, Upgrade, Upgrading};
 pub use config::ProxyProtocol;
 pub use config::{
-    Backend, Compression, ConfigError, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers,
+    Backend, Compression, ConfigError, Settings, SlowConsumer, TlsIdentity, TopicPolicy, TopicRule,
+    Workers,
 };
 pub use ringside_bus as bus;
 pub use ringside_proto as proto;

@@ -6,14 +6,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ringside::{
-    Backend, Compression, Handler, Message, Server, Settings, SlowConsumer, TopicPolicy, TopicRule,
-    WebSocket, Workers,
+    Backend, Compression, Handler, Message, Server, Settings, SlowConsumer, TlsIdentity,
+    TopicPolicy, TopicRule, WebSocket, Workers,
 };
 use ringside::{ForwardedHeader, ProxyProtocol, TrustedProxies};
 
@@ -123,6 +124,14 @@ struct Args {
     /// Answer `200 ok` to a plain GET of this path (load balancers' health checks); "" for none.
     #[arg(long, default_value = "/health")]
     health_path: String,
+    /// Serve wss: the certificate chain (PEM: the server's certificate first, then
+    /// intermediates). Needs --tls-key. SIGHUP reloads both files; open connections keep their
+    /// session, new ones get the new certificate.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Log format on stderr: text or json (one object per line). Levels come from RUST_LOG
     /// (default info), e.g. RUST_LOG=ringside=debug.
     #[arg(long, value_enum, default_value = "text")]
@@ -389,6 +398,10 @@ fn run(args: Args) -> io::Result<()> {
         deflate_window: args.deflate_window,
         deflate_threshold: args.deflate_threshold,
         deflate_memory: args.deflate_memory,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity::files(cert, key)),
+            _ => None,
+        },
         ..Settings::default()
     };
     settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -415,9 +428,10 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     };
     let backend = server.backend_name();
     eprintln!(
-        "ringside: app {app}, backend {backend}, {workers} worker(s), pinning {}, \
+        "ringside: app {app}, backend {backend}, {workers} worker(s), {}, pinning {}, \
          max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
          deflate {:?}, open-file limit {fd_limit}",
+        if s.tls.is_some() { "TLS (wss)" } else { "plain ws" },
         if s.pin { "on" } else { "off" },
         s.max_message_size,
         s.max_frame_size,
@@ -455,6 +469,11 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    // SIGHUP reloads the certificate (with TLS); without TLS it keeps its default action.
+    let reload = Arc::new(AtomicBool::new(false));
+    if s.tls.is_some() {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+    }
     let addr = server.local_addr();
     let handle = server.spawn()?;
     // Tests and scripts read the bound address from this line.
@@ -463,6 +482,12 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     let mut next_metrics = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
+        if reload.swap(false, Ordering::Relaxed) {
+            // Success is logged by the library; the old certificate stays on failure.
+            if let Err(e) = handle.reload_tls() {
+                tracing::error!(error = %e, "certificate reload failed; serving the previous one");
+            }
+        }
         if metrics_secs > 0 && Instant::now() >= next_metrics {
             next_metrics += every;
             let m = handle.stats();

@@ -5,6 +5,7 @@
 use std::any::TypeId;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,7 +19,7 @@ use ringside_proto::{CloseCode, Message};
 use crate::api::{ConnId, Error, Handler, SendStatus, Stats};
 use crate::config::ProxyProtocol;
 use crate::config::{
-    Backend, Compression, Settings, SlowConsumer, TopicPolicy, TopicRule, Workers,
+    Backend, Compression, Settings, SlowConsumer, TlsIdentity, TopicPolicy, TopicRule, Workers,
 };
 use crate::runtime::handle::Ctx;
 use crate::runtime::worker::Core;
@@ -151,6 +152,20 @@ impl Builder {
         self
     }
 
+    /// Serves TLS (wss) with the certificate chain and private key in these PEM files, read
+    /// when the server is built and again at each [`ServerHandle::reload_tls`].
+    pub fn tls(mut self, cert_pem: impl AsRef<Path>, key_pem: impl AsRef<Path>) -> Self {
+        self.settings.tls =
+            Some(TlsIdentity::files(cert_pem.as_ref().to_owned(), key_pem.as_ref().to_owned()));
+        self
+    }
+
+    /// Serves TLS (wss) with a certificate chain and private key given as PEM bytes.
+    pub fn tls_pem(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Self {
+        self.settings.tls = Some(TlsIdentity::pem(cert_pem, key_pem));
+        self
+    }
+
     /// Replaces every setting at once.
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = settings;
@@ -223,12 +238,22 @@ impl<H: Handler, F: Fn() -> H + Send + Sync + 'static> Running<H, F> {
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully (close 1001 to every client,
-    /// wait up to the shutdown timeout) and returns.
+    /// wait up to the shutdown timeout) and returns. With TLS, SIGHUP reloads the certificate
+    /// ([`ServerHandle::reload_tls`]); a failed reload is logged and the old one stays.
     pub fn run(self) -> io::Result<()> {
         let stop = crate::signal::on_terminate()?;
+        let hangup = match self.prepared.settings.tls {
+            Some(_) => Some(crate::signal::on_hangup()?),
+            None => None,
+        };
         let handle = self.spawn()?;
         while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
+            if hangup.is_some_and(|h| h.swap(false, Ordering::Relaxed)) {
+                if let Err(e) = handle.reload_tls() {
+                    tracing::error!(target: "ringside", error = %e, "certificate reload failed");
+                }
+            }
         }
         handle.shutdown()
     }
@@ -325,6 +350,25 @@ impl ServerHandle {
         self.shared.bus.as_ref().map(ringside_bus::BusHandle::stats)
     }
 
+    /// Loads the TLS certificate and key again (the files are read anew) and serves them to
+    /// every connection accepted from now on; open connections keep their session. On error
+    /// (unreadable file, bad PEM, a key that does not match) the previous certificate stays.
+    pub fn reload_tls(&self) -> Result<(), Error> {
+        let tls = self.shared.tls.as_ref().ok_or_else(not_tls)?;
+        tls.reload().map_err(Error::Tls)?;
+        tracing::info!(target: "ringside", "TLS certificate reloaded; new connections get it");
+        Ok(())
+    }
+
+    /// Serves `identity` to every connection accepted from now on (see
+    /// [`ServerHandle::reload_tls`]); later reloads read it.
+    pub fn set_tls(&self, identity: TlsIdentity) -> Result<(), Error> {
+        let tls = self.shared.tls.as_ref().ok_or_else(not_tls)?;
+        tls.replace(identity).map_err(Error::Tls)?;
+        tracing::info!(target: "ringside", "TLS certificate replaced; new connections get it");
+        Ok(())
+    }
+
     /// Graceful shutdown: stop accepting, close every connection with 1001, wait up to the
     /// shutdown timeout for the replies, stop the workers. Returns the first worker error.
     pub fn shutdown(self) -> io::Result<()> {
@@ -335,6 +379,9 @@ impl ServerHandle {
 /// A message encoded as a server frame, once, for sending to many connections.
 #[derive(Debug, Clone)]
 pub struct Encoded(Bytes);
+fn not_tls() -> Error {
+    Error::Tls("this server was not started with TLS (Builder::tls, --tls-cert)".into())
+}
 
 /// Reaches connections from any thread: addressed sends and closes, closures run on a worker,
 /// publishes. Commands to one worker travel over its channel in order (two sends to one

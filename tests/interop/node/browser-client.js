@@ -1,6 +1,8 @@
 // Interop client: headless Chromium's WebSocket API, driven by playwright-core.
 //
 // Usage: node browser-client.js ws://127.0.0.1:PORT/
+//        RINGSIDE_SPKI=<base64 sha256 of the server's public key> node browser-client.js wss://...
+//        (the browser accepts that one key without a trusted chain)
 //
 // Launches the system Chromium (CHROMIUM, default /usr/bin/chromium) once, opens about:blank and
 // runs every check inside the page with the browser's own WebSocket; the page cannot send pings,
@@ -104,6 +106,9 @@ async function main() {
       headless: true,
       timeout: 30_000,
       args: [
+        ...(process.env.RINGSIDE_SPKI
+          ? [`--ignore-certificate-errors-spki-list=${process.env.RINGSIDE_SPKI}`]
+          : []),
         '--no-sandbox',
         '--disable-gpu',
         '--disable-quic',

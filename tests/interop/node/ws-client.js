@@ -1,12 +1,14 @@
 // Interop client: Node `ws` against an echo server.
 //
 // Usage: node ws-client.js ws://127.0.0.1:PORT/
+//        RINGSIDE_CA=ca.pem node ws-client.js wss://127.0.0.1:PORT/   (trusting that CA only)
 //
 // Prints one line per check ("ok <check>: ...") and exits 0 when every check passed; on the
 // first failure prints "FAIL <check>: ..." and exits 1. Every wait is bounded.
 'use strict';
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const WebSocket = require('ws');
 
 const WAIT_MS = 10_000;
@@ -34,10 +36,13 @@ function once(ws, event, check) {
 
 async function main() {
   const url = process.argv[2];
-  const ws = new WebSocket(url, { handshakeTimeout: WAIT_MS });
+  const options = { handshakeTimeout: WAIT_MS };
+  if (url.startsWith('wss:')) options.ca = fs.readFileSync(process.env.RINGSIDE_CA);
+  const ws = new WebSocket(url, options);
   ws.on('error', (e) => fail('connection', `error: ${e.message}`));
   ws.on('unexpected-response', (_req, res) => fail('open', `HTTP ${res.statusCode}`));
   await once(ws, 'open', 'open');
+  if (url.startsWith('wss:')) ok('tls', ws._socket.getProtocol());
 
   const text = 'hello, ringside: h\u00e9llo \u2713 \u{1f980}';
   ws.send(text);

@@ -1,12 +1,14 @@
 """Interop client: Python `websockets` (sync API) against an echo server.
 
 Usage: python3 client.py ws://127.0.0.1:PORT/
+       RINGSIDE_CA=ca.pem python3 client.py wss://127.0.0.1:PORT/   (trusting that CA only)
 
 Prints one line per check ("ok <check>: ...") and exits 0 when every check passed; on the
 first failure prints "FAIL <check>: ..." and exits 1. Every wait is bounded.
 """
 
 import os
+import ssl
 import sys
 import time
 
@@ -27,8 +29,13 @@ def ok(check, detail):
 
 def main():
     url = sys.argv[1]
+    tls = None
+    if url.startswith("wss:"):
+        tls = ssl.create_default_context(cafile=os.environ["RINGSIDE_CA"])
     # max_size: websockets refuses messages over 1 MiB by default; allow the big one and more.
-    with connect(url, open_timeout=WAIT, close_timeout=WAIT, max_size=4 * MIB) as ws:
+    with connect(url, open_timeout=WAIT, close_timeout=WAIT, max_size=4 * MIB, ssl=tls) as ws:
+        if tls is not None:
+            ok("tls", ws.socket.version())
         text = "hello, ringside: h\u00e9llo \u2713 \U0001f980"
         ws.send(text)
         got = ws.recv(timeout=WAIT)

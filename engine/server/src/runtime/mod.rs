@@ -9,6 +9,7 @@ pub(crate) mod deflate;
 pub(crate) mod handle;
 pub(crate) mod pubsub;
 pub(crate) mod queue;
+pub(crate) mod tls;
 pub(crate) mod worker;
 
 use std::any::{Any, TypeId};
@@ -103,6 +104,8 @@ pub(crate) struct Shared {
     /// Gaps the bus reported, and the publishes lost in them.
     bus_gaps: AtomicU64,
     bus_lost: AtomicU64,
+    /// The TLS configuration, when serving wss.
+    pub(crate) tls: Option<Arc<tls::TlsShared>>,
 }
 
 impl Shared {
@@ -193,6 +196,7 @@ pub(crate) struct Prepared {
     pub(crate) settings: Settings,
     kind: Kind,
     listeners: Vec<TcpListener>,
+    tls: Option<Arc<tls::TlsShared>>,
 }
 
 impl Prepared {
@@ -228,6 +232,13 @@ pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
             }
         },
     };
+    // Load the certificate before binding: a bad one fails the start, naming the file.
+    let tls = match &settings.tls {
+        Some(identity) => {
+            Some(Arc::new(tls::TlsShared::new(identity.clone()).map_err(crate::Error::Tls)?))
+        }
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(workers);
     let mut addr = settings.listen;
     if !settings.reuse_port && addr.port() != 0 {
@@ -239,7 +250,7 @@ pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
         addr = listener.local_addr()?;
         listeners.push(listener);
     }
-    Ok(Prepared { local_addr: addr, settings, kind, listeners })
+    Ok(Prepared { local_addr: addr, settings, kind, listeners, tls })
 }
 
 /// Runs the io_uring probe on a short-lived thread: tearing a ring down queues task work on the
@@ -306,7 +317,7 @@ where
     H: Handler,
     F: Fn() -> H + Send + Sync + 'static,
 {
-    let Prepared { local_addr: _, settings, kind, listeners } = prepared;
+    let Prepared { local_addr: _, settings, kind, listeners, tls } = prepared;
     let count = listeners.len();
     let wakers = (0..count).map(|_| Waker::new()).collect::<io::Result<Vec<_>>>()?;
     let (inboxes, outboxes): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
@@ -325,6 +336,7 @@ where
         }),
         bus_gaps: AtomicU64::new(0),
         bus_lost: AtomicU64::new(0),
+        tls,
     });
     if let Some(e) = bus_error {
         return Err(io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()));

@@ -223,6 +223,31 @@ impl SendQueue {
         }
     }
 
+    /// Hands what is pending (not what is in flight), in order, piece by piece to `f`, and
+    /// forgets it: for a TLS connection the plaintext the worker queued goes through the
+    /// session into the connection's ciphertext queue this way. Returns the bytes handed over.
+    pub fn take_pending(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let Some(q) = self.q.as_deref_mut() else { return 0 };
+        if q.pending == 0 {
+            return 0;
+        }
+        for part in &q.parts {
+            match part {
+                Part::Own { start, end } => f(&q.buf[*start..*end]),
+                Part::Shared(b) => f(b),
+            }
+        }
+        if q.buf.len() > q.covered {
+            f(&q.buf[q.covered..]);
+        }
+        let taken = q.pending;
+        q.buf.clear();
+        q.parts.clear();
+        q.covered = 0;
+        q.pending = 0;
+        taken
+    }
+
     /// Moves what is pending in flight. `false` if a send is already in flight or nothing is
     /// pending. What [`SendQueue::in_flight`] then returns stays valid and unmoved until
     /// [`SendQueue::complete`] reports it all sent (or [`SendQueue::discard`]).
@@ -542,6 +567,27 @@ mod tests {
         assert!(q.complete(9));
         assert!(q.begin());
         assert!(matches!(q.in_flight(), Some(Out::Buf(b"next"))));
+    }
+
+    #[test]
+    fn taking_what_is_pending_hands_out_every_piece_in_order_and_leaves_flight_alone() {
+        let mut pool = Pool::default();
+        let mut q = SendQueue::default();
+        q.push(&mut pool, b"flying");
+        assert!(q.begin());
+        q.push(&mut pool, b"ab");
+        q.push_shared(&mut pool, Bytes::from_static(b"SHARED"));
+        q.push_frame(&mut pool, b"c", b"de");
+        let mut got = Vec::new();
+        assert_eq!(q.take_pending(|piece| got.extend_from_slice(piece)), 11);
+        assert_eq!(got, b"abSHAREDcde");
+        assert_eq!(flying(&q), b"flying");
+        assert_eq!(q.len(), 6);
+        assert_eq!(q.take_pending(|_| panic!("nothing pending")), 0);
+        assert!(q.complete(6));
+        q.push(&mut pool, b"x");
+        assert!(q.begin());
+        assert_eq!(flying(&q), b"x", "usable as before");
     }
 
     #[test]

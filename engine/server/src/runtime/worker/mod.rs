@@ -25,6 +25,7 @@ mod frames;
 mod handshake;
 mod input;
 pub(crate) mod timers;
+mod tls;
 
 #[cfg(test)]
 mod edge_tests;
@@ -49,6 +50,7 @@ use super::deflate::{self, WorkerDeflate};
 use super::handle::{Counts, Local, WebSocket};
 use super::pubsub::{Publication, Topics};
 use super::queue::Pool;
+use super::tls::Layer;
 use super::{Command, Shared};
 use crate::api::Handler;
 use crate::config::{Settings, TopicPolicy};
@@ -80,6 +82,8 @@ pub(crate) struct Core<H: Handler> {
     shutdown_deadline: Option<u64>,
     /// The input budget and the per-iteration shares (see `input`).
     inputs: input::Inputs,
+    /// The TLS sessions, when serving wss.
+    tls: Option<Layer>,
 }
 
 impl<H: Handler> std::fmt::Debug for Core<H> {
@@ -114,6 +118,7 @@ impl<H: Handler> Core<H> {
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
         let inputs = input::Inputs::new(&settings, shared.workers());
         let deflate = WorkerDeflate::new(&settings);
+        let tls = shared.tls.clone().map(Layer::new);
         Core {
             handler,
             conns: Slab::new(),
@@ -143,6 +148,7 @@ impl<H: Handler> Core<H> {
             next_tick,
             shutdown_deadline: None,
             inputs,
+            tls,
         }
     }
 
@@ -226,19 +232,21 @@ impl<H: Handler> Driver for Core<H> {
         }
         let id = self.conns.insert(Conn::new(self.local.now, self.generation, peer));
         self.expect_proxy(id);
+        if let Some(tls) = &mut self.tls {
+            if let Err(e) = tls.accept(id) {
+                tracing::warn!(error = %e, "cannot start a TLS session; refusing the connection");
+                self.conns.remove(id);
+                return None;
+            }
+        }
         Some(id)
     }
 
     fn on_data(&mut self, id: usize, data: &mut [u8]) {
-        let Some(conn) = self.conns.get_mut(id) else { return };
-        match conn.phase {
-            Phase::Handshake(_) => self.on_handshake_input(id, data),
-            Phase::Open(_) => {
-                conn.io.last_rx = self.local.now;
-                conn.io.set(flag::IDLE_PINGED, false);
-                self.on_input(id, data);
-            }
-            Phase::Done => {}
+        if self.tls.as_mut().is_some_and(|tls| tls.conn(id).is_some()) {
+            self.on_tls_data(id, data);
+        } else {
+            self.on_plain(id, data);
         }
     }
 
@@ -257,6 +265,10 @@ impl<H: Handler> Driver for Core<H> {
     }
 
     fn queue(&mut self, id: usize) -> Option<&mut SendQueue> {
+        // A TLS connection's backend side is its ciphertext queue.
+        if let Some(conn) = self.tls.as_mut().and_then(|tls| tls.conn(id)) {
+            return Some(&mut conn.out);
+        }
         self.conns.get_mut(id).map(|c| &mut c.io.queue)
     }
 
@@ -276,6 +288,25 @@ impl<H: Handler> Driver for Core<H> {
             self.local.deflate.release(id);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.local.pool);
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.release(id, &mut self.local.pool);
+        }
+    }
+}
+
+impl<H: Handler> Core<H> {
+    /// Plaintext bytes of `id` (a plain connection's, or a TLS connection's decrypted).
+    fn on_plain(&mut self, id: usize, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        match conn.phase {
+            Phase::Handshake(_) => self.on_handshake_input(id, data),
+            Phase::Open(_) => {
+                conn.io.last_rx = self.local.now;
+                conn.io.set(flag::IDLE_PINGED, false);
+                self.on_input(id, data);
+            }
+            Phase::Done => {}
         }
     }
 }
@@ -346,8 +377,16 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
             // Caught up: the latest conflated messages go out with this send.
             deflate::unstage(id, conn, &mut core.local);
         }
-        backend.flush(id, &mut conn.io.queue);
-        let queued = conn.io.queue.len();
+        let queued = match core.tls.as_mut().and_then(|tls| tls.conn(id)) {
+            Some(tls) => {
+                let closing = conn.io.has(flag::CLOSE_REQUESTED);
+                tls::flush(id, tls, &mut conn.io.queue, &mut core.local.pool, closing, backend)
+            }
+            None => {
+                backend.flush(id, &mut conn.io.queue);
+                conn.io.queue.len()
+            }
+        };
         let over = conn.io.has(flag::OVER_HIGH_WATER);
         if queued > high_water && !over {
             conn.io.set(flag::OVER_HIGH_WATER, true);
@@ -365,6 +404,9 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     }
     core.flushing = dirty;
     for (id, hard) in std::mem::take(&mut core.to_close) {
+        if !hard {
+            core.seal_for_close(id, backend);
+        }
         backend.close(id, hard);
     }
 }

@@ -202,6 +202,7 @@ impl<H: Handler> Rig<H> {
             bus: None,
             bus_gaps: Default::default(),
             bus_lost: Default::default(),
+            tls: None,
         });
         let core = Core::new(0, handler, settings, Arc::clone(&shared));
         Rig { core, fake: Fake::new(), inbox: rx, shared, now: 0, clients: HashMap::new() }
