@@ -122,6 +122,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Most connections one worker holds (further accepts are refused). Default 1,000,000.
     pub max_connections_per_worker: usize,
+    /// Where to serve the Prometheus `/metrics` and the readiness `/health` (a thread of its
+    /// own, plain HTTP), or none. Default none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -153,6 +156,7 @@ impl Default for Settings {
             recv_buffer_size: 32 << 10,
             shutdown_timeout: Duration::from_secs(5),
             max_connections_per_worker: 1_000_000,
+            metrics_listen: None,
         }
     }
 }
@@ -261,6 +265,15 @@ impl Settings {
                 return err("subprotocols", "--subprotocols", why);
             }
         }
+        if let Some(addr) = self.metrics_listen {
+            if addr.port() != 0
+                && addr.port() == self.listen.port()
+                && addr.ip() == self.listen.ip()
+            {
+                let why = format!("{addr} is also the WebSocket address; pick another port");
+                return err("metrics_listen", "--metrics-listen", why);
+            }
+        }
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') {
                 let why = format!("{path:?} does not start with '/'");
@@ -298,6 +311,7 @@ mod tests {
             (Settings { max_connections_per_worker: 0, ..base() }, "--max-connections-per-worker"),
             (Settings { subprotocols: vec!["a b".into()], ..base() }, "--subprotocols"),
             (Settings { health_path: Some("health".into()), ..base() }, "--health-path"),
+            (Settings { metrics_listen: Some(base().listen), ..base() }, "--metrics-listen"),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

@@ -113,6 +113,11 @@ struct Args {
     /// slow consumers closed) to stderr every this many seconds; 0: never.
     #[arg(long, default_value_t = 0)]
     metrics: u64,
+    /// Serve Prometheus metrics (GET /metrics) and readiness (GET /health) on this address,
+    /// e.g. 127.0.0.1:9180; off when absent. No authentication: bind loopback or a management
+    /// network.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,7 +130,12 @@ enum LogFormat {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in files and pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -281,6 +291,7 @@ fn run(args: Args) -> io::Result<()> {
         max_connections_per_worker: args.max_connections_per_worker,
         reuse_port: args.reuse_port,
         health_path: (!args.health_path.is_empty()).then(|| args.health_path.clone()),
+        metrics_listen: args.metrics_listen,
         ..Settings::default()
     };
     settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -306,8 +317,8 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         Workers::Count(n) => n,
     };
     let backend = server.backend_name();
-    eprintln!(
-        "ringside: app {app}, backend {backend}, {workers} worker(s), pinning {}, \
+    tracing::info!(
+        "app {app}, backend {backend}, {workers} worker(s), pinning {}, \
          max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
          open-file limit {fd_limit}",
         if s.pin { "on" } else { "off" },
@@ -318,9 +329,9 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         s.idle_timeout.as_secs(),
     );
     if backend == "epoll" && fd_limit < 100_000 {
-        eprintln!(
-            "ringside: warning: epoll uses one process fd per connection; this process can hold \
-             at most about {fd_limit} connections (io_uring's direct descriptors do not count)"
+        tracing::warn!(
+            "epoll uses one process fd per connection; this process can hold at most about \
+             {fd_limit} connections (io_uring's direct descriptors do not count)"
         );
     }
     // Catch the signals before announcing the address: a script that reads the line and
@@ -331,6 +342,10 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     }
     let addr = server.local_addr();
     let handle = server.spawn()?;
+    tracing::info!("listening on {addr}");
+    if let Some(metrics) = handle.metrics_addr() {
+        tracing::info!("metrics on http://{metrics}/metrics, readiness on http://{metrics}/health");
+    }
     // Tests and scripts read the bound address from this line.
     println!("ringside: listening on {addr}");
     let every = Duration::from_secs(metrics_secs);
@@ -347,8 +362,9 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
             );
         }
     }
+    tracing::info!("shutting down");
     handle.shutdown()?;
-    eprintln!("ringside: shut down");
+    tracing::info!("shut down");
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use super::worker::timers::Timers;
 use super::Shared;
 use crate::api::{ConnId, Error, SendStatus};
 use crate::config::{Settings, SlowConsumer, TopicPolicy};
+use crate::metrics::WorkerMetricsRef;
 use crate::server::Sender;
 
 /// A worker's state that handles write into: everything but the connections and the handler.
@@ -43,6 +44,9 @@ pub(crate) struct Local {
     pub timers: Timers,
     /// Counters, copied to the shared stats once per iteration.
     pub counts: Counts,
+    /// This worker's Prometheus counters: what `counts` holds is stored there once per
+    /// iteration; rarer events (upgrades, closes, the loop histogram) are written directly.
+    pub metrics: WorkerMetricsRef,
     /// The worker clock: milliseconds since it started, and the same wrapped into a `u32` for
     /// the per-connection timestamps.
     pub now_ms: u64,
@@ -58,6 +62,19 @@ pub(crate) struct Counts {
     pub slow_closed: u64,
     pub stale: u64,
     pub accept_errors: u64,
+    /// Connections the backend accepted (handed to `on_accept`, refused ones included).
+    pub accepted: u64,
+    /// Data messages received (whole, after reassembly).
+    pub messages_in: u64,
+    /// Data messages queued by sends and broadcasts (publishes are `delivered`, conflated
+    /// ones `unstaged`).
+    pub messages_out: u64,
+    /// Conflated publishes moved from the stage into the send queue.
+    pub unstaged: u64,
+    /// Bytes the backend delivered from sockets.
+    pub bytes_in: u64,
+    pub pings: u64,
+    pub pongs: u64,
 }
 
 /// What the slow-consumer policy says about `len` more bytes on a queue holding `queued`.
@@ -126,6 +143,7 @@ impl Local {
                 return SendStatus::Closing;
             }
         }
+        self.counts.messages_out += u64::from(frame.is_data());
         match frame {
             Frame::Parts(header, payload) => io.queue.push_frame(&mut self.pool, header, payload),
             Frame::Shared(bytes) => io.queue.push_published(&mut self.pool, bytes),
@@ -160,6 +178,16 @@ impl Frame<'_> {
             Frame::Parts(h, p) => h.len() + p.len(),
             Frame::Shared(b) => b.len(),
         }
+    }
+
+    /// Whether it is a data frame (text, binary, continuation), not a control frame: control
+    /// opcodes have bit 3 set (RFC 6455 5.2).
+    fn is_data(&self) -> bool {
+        let first = match self {
+            Frame::Parts(h, _) => h.first(),
+            Frame::Shared(b) => b.first(),
+        };
+        first.is_some_and(|b| b & 0x08 == 0)
     }
 }
 

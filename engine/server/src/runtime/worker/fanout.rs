@@ -26,6 +26,7 @@ impl<H: Handler> Core<H> {
                     match policy.verdict(conn.io.queue.len(), frame.len()) {
                         Verdict::Queue => {
                             conn.io.queue.push_published(&mut self.local.pool, &frame);
+                            self.local.counts.messages_out += 1;
                             self.local.mark_dirty(id, &mut conn.io);
                         }
                         Verdict::Drop => self.local.counts.dropped += 1,

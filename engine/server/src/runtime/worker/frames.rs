@@ -29,14 +29,17 @@ impl<H: Handler> Core<H> {
                     pos += n;
                     match event {
                         Event::Message(msg) => {
+                            ws.local.counts.messages_in += 1;
                             self.handler.on_message(&mut ws, msg);
                             None
                         }
                         Event::Ping(payload) => {
+                            ws.local.counts.pings += 1;
                             self.handler.on_ping(&mut ws, payload);
                             None
                         }
                         Event::Pong(payload) => {
+                            ws.local.counts.pongs += 1;
                             self.handler.on_pong(&mut ws, payload);
                             None
                         }

@@ -99,6 +99,7 @@ impl<H: Handler> Core<H> {
         );
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
+        let metrics = super::metrics_ref(&shared, usize::from(worker));
         Core {
             handler,
             conns: Slab::new(),
@@ -113,6 +114,7 @@ impl<H: Handler> Core<H> {
                 touched: Vec::new(),
                 timers: timers::Timers::default(),
                 counts: Counts::default(),
+                metrics,
                 now_ms: 0,
                 now: 0,
             },
@@ -158,6 +160,19 @@ impl<H: Handler> Core<H> {
         stats.slow_closed.store(c.slow_closed, Ordering::Relaxed);
         stats.stale.store(c.stale, Ordering::Relaxed);
         stats.accept_errors.store(c.accept_errors, Ordering::Relaxed);
+        let m = &self.local.metrics;
+        m.connections_open.set(self.conns.len() as u64);
+        m.connections_accepted.set_total(c.accepted);
+        m.messages_received.set_total(c.messages_in);
+        m.messages_sent.set_total(c.messages_out + c.delivered + c.unstaged);
+        m.bytes_received.set_total(c.bytes_in);
+        m.pings_received.set_total(c.pings);
+        m.pongs_received.set_total(c.pongs);
+        m.publishes_delivered.set_total(c.delivered);
+        m.publishes_dropped.set_total(c.dropped);
+        m.publishes_conflated.set_total(c.conflated);
+        m.slow_consumers_closed.set_total(c.slow_closed);
+        m.accept_errors.set_total(c.accept_errors);
     }
 
     /// How long the next poll may wait: until the next sweep, timer or tick, or not at all
@@ -180,6 +195,7 @@ impl<H: Handler> Core<H> {
 
 impl<H: Handler> Driver for Core<H> {
     fn on_accept(&mut self, peer: Option<std::net::SocketAddr>) -> Option<usize> {
+        self.local.counts.accepted += 1;
         if self.conns.len() >= self.local.settings.max_connections_per_worker
             || self.local.shared.is_shutting_down()
         {
@@ -191,6 +207,7 @@ impl<H: Handler> Driver for Core<H> {
     }
 
     fn on_data(&mut self, id: usize, data: &mut [u8]) {
+        self.local.counts.bytes_in += data.len() as u64;
         let Some(conn) = self.conns.get_mut(id) else { return };
         match conn.phase {
             Phase::Handshake(_) => self.on_handshake_data(id, data),
@@ -262,6 +279,8 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     backend
         .poll(core, timeout)
         .map_err(|e| io::Error::new(e.kind(), format!("{} poll: {e}", backend.name())))?;
+    // Busy time only: the wait above is idle.
+    let busy = Instant::now();
     core.local.counts.accept_errors = backend.accept_errors();
     core.local.shared.woken(usize::from(core.local.worker));
     while let Ok(command) = inbox.try_recv() {
@@ -275,6 +294,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
         core.next_sweep = core.local.now_ms + SWEEP_MS;
         core.sweep();
     }
+    core.local.metrics.loop_iteration.observe(busy.elapsed());
     if core.local.shared.is_shutting_down() {
         return core.shutdown_step(backend);
     }
@@ -293,7 +313,7 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
         let queue = &mut conn.io.queue;
         if queue.has_staged() && queue.in_flight().is_none() {
             // Caught up: the latest conflated messages go out with this send.
-            queue.unstage(&mut core.local.pool, usize::MAX);
+            core.local.counts.unstaged += queue.unstage(&mut core.local.pool, usize::MAX) as u64;
         }
         backend.flush(id, queue);
         let queued = conn.io.queue.len();
