@@ -348,6 +348,10 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     }
     // Tests and scripts read the bound address from this line.
     println!("ringside: listening on {addr}");
+    if let Some(metrics) = handle.metrics_addr() {
+        // And the metrics address from this one (port 0 picks a free port).
+        println!("ringside: metrics on {metrics}");
+    }
     let every = Duration::from_secs(metrics_secs);
     let mut next_metrics = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
