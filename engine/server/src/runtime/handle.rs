@@ -143,7 +143,9 @@ impl Local {
                 return SendStatus::Closing;
             }
         }
-        self.counts.messages_out += u64::from(frame.is_data());
+        // Counted as a message whatever it is: `WebSocket::ping` takes its pings back out, so
+        // the per-message path pays one add.
+        self.counts.messages_out += 1;
         match frame {
             Frame::Parts(header, payload) => io.queue.push_frame(&mut self.pool, header, payload),
             Frame::Shared(bytes) => io.queue.push_published(&mut self.pool, bytes),
@@ -178,16 +180,6 @@ impl Frame<'_> {
             Frame::Parts(h, p) => h.len() + p.len(),
             Frame::Shared(b) => b.len(),
         }
-    }
-
-    /// Whether it is a data frame (text, binary, continuation), not a control frame: control
-    /// opcodes have bit 3 set (RFC 6455 5.2).
-    fn is_data(&self) -> bool {
-        let first = match self {
-            Frame::Parts(h, _) => h.first(),
-            Frame::Shared(b) => b.first(),
-        };
-        first.is_some_and(|b| b & 0x08 == 0)
     }
 }
 
@@ -269,7 +261,12 @@ impl<'a, C> WebSocket<'a, C> {
         if payload.len() > 125 {
             return Err(Error::ControlTooLong);
         }
-        Ok(self.send_frame(OpCode::Ping, payload))
+        let status = self.send_frame(OpCode::Ping, payload);
+        if matches!(status, SendStatus::Queued | SendStatus::Backpressure) {
+            // A ping is not a message (see `Local::queue`).
+            self.local.counts.messages_out -= 1;
+        }
+        Ok(status)
     }
 
     fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {

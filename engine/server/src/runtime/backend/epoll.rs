@@ -75,6 +75,8 @@ pub struct Epoll {
     accept_errors: u64,
     /// The worker's counters: bytes sent, epoll_wait calls and events.
     metrics: WorkerMetricsRef,
+    /// Bytes written so far, stored into `metrics` once per poll (not per write).
+    bytes_sent: u64,
 }
 
 impl Epoll {
@@ -102,6 +104,7 @@ impl Epoll {
             accept_retry: None,
             accept_errors: 0,
             metrics: detached_metrics(),
+            bytes_sent: 0,
         })
     }
 
@@ -257,7 +260,7 @@ impl Epoll {
             };
             match written {
                 Ok(n) => {
-                    self.metrics.bytes_sent.add(n as u64);
+                    self.bytes_sent += n as u64;
                     queue.complete(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -340,6 +343,9 @@ impl Backend for Epoll {
         self.events = events;
         self.metrics.epoll_waits.inc();
         self.metrics.epoll_events.add(seen);
+        // Writes happen here and in the worker's flush after this poll: the next poll stores
+        // those.
+        self.metrics.bytes_sent.set_total(self.bytes_sent);
         if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
             self.accept(driver);
         }

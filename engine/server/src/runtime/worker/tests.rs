@@ -768,3 +768,15 @@ fn publishes_and_slow_consumers_reach_the_metrics() {
     rig.data(slow, &Rig::<App>::frame(OpCode::Close, &1008u16.to_be_bytes()));
     assert_eq!(closes(&rig, 1008), 1);
 }
+
+#[test]
+fn a_ping_is_not_counted_as_a_message() {
+    let s = Settings { idle_timeout: Duration::from_secs(10), ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let id = rig.open(peer(100), "/?user=lu");
+    rig.advance(5_300);
+    assert_eq!(rig.received(id), ["ping "], "the idle ping went out");
+    rig.text(id, "hi");
+    assert_eq!(rig.received(id), ["lu: hi"]);
+    assert_eq!(rig.shared.metrics[0].messages_sent.get(), 1, "the echo only");
+}

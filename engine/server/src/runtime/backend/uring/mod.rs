@@ -157,6 +157,8 @@ pub struct Uring {
     stats: Stats,
     /// The worker's counters: enters, completions, ENOBUFS re-arms, bytes sent.
     metrics: WorkerMetricsRef,
+    /// Bytes the kernel took from completed sends, stored into `metrics` once per poll.
+    bytes_sent: u64,
 }
 
 /// Counters shown in `Debug`, for diagnosis.
@@ -222,6 +224,7 @@ impl Uring {
             released: Vec::new(),
             stats: Stats::default(),
             metrics: super::epoll::detached_metrics(),
+            bytes_sent: 0,
         };
         this.fixed_files = setup::register_files(&this.ring, settings.max_connections_per_worker)?;
         // SAFETY: `this` owns both; its Drop unregisters the group after cancelling every
@@ -707,7 +710,7 @@ impl Uring {
             self.conns[id].flags |= BROKEN;
         } else {
             // The kernel took these bytes, whatever becomes of the queue.
-            self.metrics.bytes_sent.add(res as u64);
+            self.bytes_sent += res as u64;
         }
         let mut done = false;
         if let Some(queue) = driver.queue(id) {
@@ -795,6 +798,8 @@ impl Backend for Uring {
             self.cqes = batch;
         }
         self.rearm_recvs();
+        // Sends complete only here, in completions.
+        self.metrics.bytes_sent.set_total(self.bytes_sent);
         let mut released = std::mem::take(&mut self.released);
         for id in released.drain(..) {
             driver.on_released(id);
