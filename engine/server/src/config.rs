@@ -281,6 +281,9 @@ pub struct Settings {
     /// Serve TLS (wss) with this certificate and key (TLS 1.2 and 1.3, ALPN `http/1.1`); none:
     /// plain ws. Default none.
     pub tls: Option<TlsIdentity>,
+    /// Where to serve the Prometheus `/metrics` and the readiness `/health` (a thread of its
+    /// own, plain HTTP), or none. Default none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -328,6 +331,7 @@ impl Default for Settings {
             deflate_threshold: 128,
             deflate_memory: 128 << 20,
             tls: None,
+            metrics_listen: None,
         }
     }
 }
@@ -490,6 +494,15 @@ impl Settings {
             }
             _ => {}
         }
+        if let Some(addr) = self.metrics_listen {
+            if addr.port() != 0
+                && addr.port() == self.listen.port()
+                && addr.ip() == self.listen.ip()
+            {
+                let why = format!("{addr} is also the WebSocket address; pick another port");
+                return err("metrics_listen", "--metrics-listen", why);
+            }
+        }
         if let Some(path) = &self.health_path {
             if !path.starts_with('/') {
                 let why = format!("{path:?} does not start with '/'");
@@ -580,6 +593,7 @@ mod tests {
                 Settings { tls: Some(TlsIdentity::pem(b"x".to_vec(), vec![])), ..base() },
                 "--tls-cert/--tls-key",
             ),
+            (Settings { metrics_listen: Some(base().listen), ..base() }, "--metrics-listen"),
         ];
         for (settings, flag) in cases {
             let e = settings.check().expect_err(flag);

@@ -161,6 +161,11 @@ struct Args {
     /// slow consumers closed) to stderr every this many seconds; 0: never.
     #[arg(long, default_value_t = 0)]
     metrics: u64,
+    /// Serve Prometheus metrics (GET /metrics) and readiness (GET /health) on this address,
+    /// e.g. 127.0.0.1:9180; off when absent. No authentication: bind loopback or a management
+    /// network.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Proxies whose forwarding headers and PROXY headers are believed, comma-separated
     /// addresses or ranges, IPv4 and IPv6: 127.0.0.1/32,10.0.0.0/8,fd00::/8. Empty: nobody.
     #[arg(long, default_value = "", value_parser = TrustedProxies::parse_list)]
@@ -402,6 +407,7 @@ fn run(args: Args) -> io::Result<()> {
             (Some(cert), Some(key)) => Some(TlsIdentity::files(cert, key)),
             _ => None,
         },
+        metrics_listen: args.metrics_listen,
         ..Settings::default()
     };
     settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -427,8 +433,8 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         Workers::Count(n) => n,
     };
     let backend = server.backend_name();
-    eprintln!(
-        "ringside: app {app}, backend {backend}, {workers} worker(s), {}, pinning {}, \
+    tracing::info!(
+        "app {app}, backend {backend}, {workers} worker(s), {}, pinning {}, \
          max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
          deflate {:?}, open-file limit {fd_limit}",
         if s.tls.is_some() { "TLS (wss)" } else { "plain ws" },
@@ -450,9 +456,9 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         );
     }
     if backend == "epoll" && fd_limit < 100_000 {
-        eprintln!(
-            "ringside: warning: epoll uses one process fd per connection; this process can hold \
-             at most about {fd_limit} connections (io_uring's direct descriptors do not count)"
+        tracing::warn!(
+            "epoll uses one process fd per connection; this process can hold at most about \
+             {fd_limit} connections (io_uring's direct descriptors do not count)"
         );
     }
     if (s.send_limit as u64) < s.max_message_size.saturating_add(14) {
@@ -476,8 +482,16 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     }
     let addr = server.local_addr();
     let handle = server.spawn()?;
+    tracing::info!("listening on {addr}");
+    if let Some(metrics) = handle.metrics_addr() {
+        tracing::info!("metrics on http://{metrics}/metrics, readiness on http://{metrics}/health");
+    }
     // Tests and scripts read the bound address from this line.
     println!("ringside: listening on {addr}");
+    if let Some(metrics) = handle.metrics_addr() {
+        // And the metrics address from this one (port 0 picks a free port).
+        println!("ringside: metrics on {metrics}");
+    }
     let every = Duration::from_secs(metrics_secs);
     let mut next_metrics = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
@@ -509,8 +523,9 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
             );
         }
     }
+    tracing::info!("shutting down");
     handle.shutdown()?;
-    eprintln!("ringside: shut down");
+    tracing::info!("shut down");
     Ok(())
 }
 

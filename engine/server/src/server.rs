@@ -21,6 +21,7 @@ use crate::config::ProxyProtocol;
 use crate::config::{
     Backend, Compression, Settings, SlowConsumer, TlsIdentity, TopicPolicy, TopicRule, Workers,
 };
+use crate::metrics::MetricsServer;
 use crate::runtime::handle::Ctx;
 use crate::runtime::worker::Core;
 use crate::runtime::{self, pubsub, Command};
@@ -131,6 +132,14 @@ impl Builder {
         self
     }
 
+    /// Serves Prometheus metrics (`GET /metrics`) and readiness (`GET /health`: 200 while
+    /// the workers run, 503 once shutdown began) on `addr`, from a thread of its own. Port 0
+    /// picks a free port: see [`ServerHandle::metrics_addr`].
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.settings.metrics_listen = Some(addr);
+        self
+    }
+
     /// Calls [`Handler::on_tick`] on every worker every `period` (millisecond resolution).
     pub fn tick(mut self, period: Duration) -> Self {
         self.settings.tick = Some(period);
@@ -229,12 +238,29 @@ impl<H: Handler, F: Fn() -> H + Send + Sync + 'static> Running<H, F> {
         self.prepared.backend_name()
     }
 
-    /// Starts the workers and returns a handle to stop them.
+    /// Starts the workers (and the metrics listener, when one is set) and returns a handle to
+    /// stop them. Fails when the metrics address cannot be bound: the workers are stopped again.
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let local_addr = self.prepared.local_addr;
         let backend = self.prepared.backend_name();
+        let metrics_listen = self.prepared.settings.metrics_listen;
         let (shared, threads) = runtime::spawn(self.prepared, Arc::new(self.factory))?;
-        Ok(ServerHandle { local_addr, backend, shared, threads })
+        let metrics = match metrics_listen {
+            None => None,
+            Some(addr) => {
+                let ready = Arc::clone(&shared);
+                let health = Arc::new(move || ready.is_ready());
+                match MetricsServer::start(addr, Arc::clone(&shared.metrics), health) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        let _ = runtime::stop((shared, threads));
+                        let why = format!("metrics listener on {addr} (--metrics-listen): {e}");
+                        return Err(io::Error::new(e.kind(), why));
+                    }
+                }
+            }
+        };
+        Ok(ServerHandle { local_addr, backend, shared, threads, metrics })
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully (close 1001 to every client,
@@ -289,12 +315,20 @@ pub struct ServerHandle {
     pub(crate) backend: &'static str,
     pub(crate) shared: Arc<runtime::Shared>,
     pub(crate) threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The `/metrics` and `/health` listener, stopped after the workers on shutdown.
+    pub(crate) metrics: Option<MetricsServer>,
 }
 
 impl ServerHandle {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the metrics listener, when one was asked for
+    /// ([`Builder::metrics_listen`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The backend in use: "io_uring" or "epoll".
@@ -372,7 +406,11 @@ impl ServerHandle {
     /// Graceful shutdown: stop accepting, close every connection with 1001, wait up to the
     /// shutdown timeout for the replies, stop the workers. Returns the first worker error.
     pub fn shutdown(self) -> io::Result<()> {
-        runtime::stop((self.shared, self.threads))
+        // `/health` answers 503 from the moment shutdown begins; the listener stays up while
+        // the workers drain, so a scraper sees the final counts.
+        let result = runtime::stop((self.shared, self.threads));
+        drop(self.metrics);
+        result
     }
 }
 

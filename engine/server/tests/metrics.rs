@@ -3,6 +3,12 @@
 //! rules, `promtool check config` on the shipped scrape configuration, and a real `prometheus`
 //! scraping a [`MetricsServer`] on loopback and seeing a gauge change.
 //!
+//! Then the wired server, on both backends: an in-process server with `metrics_listen` whose
+//! page passes `promtool check metrics` and whose counters move as the protocol does (a 431, a
+//! 1009, a slow consumer's 1008, messages and bytes), whose `/health` turns 503 when shutdown
+//! begins; and the `ringside` binary with `--metrics-listen`, scraped by a real Prometheus that
+//! sees `up == 1` and the connections gauge follow clients opening and closing.
+//!
 //! Debian's `prometheus` package (which brings `promtool`) is installed with apt-get the first
 //! time when missing; an install that fails fails the tests with apt-get's output.
 
@@ -15,6 +21,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ringside::metrics::{family_names, render, BackendKind, MetricsServer, WorkerMetrics};
+use ringside::{Backend, CloseCode, Handler, Message, SlowConsumer, WebSocket};
+use ringside_tests::{read_some, Client, Seen, TestServer, WAIT};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -326,4 +334,265 @@ fn run_bounded_for(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> 
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Echoes; a connection to `/sub` subscribes to topic `t` instead.
+struct EchoOrSubscribe;
+
+impl Handler for EchoOrSubscribe {
+    type Conn = ();
+    fn on_open(&mut self, ws: &mut WebSocket<'_>) {
+        if ws.path() == "/sub" {
+            ws.subscribe("t").unwrap();
+        }
+    }
+    fn on_message(&mut self, ws: &mut WebSocket<'_>, msg: Message<'_>) {
+        let _ = ws.send(msg);
+    }
+}
+
+/// The value of the sample `series` (name and labels exactly as written) on `page`.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// GET `path` from `addr`: the status and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("the metrics port answers");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// Fetches the page until `series` reaches at least `want` (counters are stored once per loop
+/// iteration), or [`WAIT`] passes; returns the last page.
+fn page_when(addr: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, page) = http_get(addr, "/metrics");
+        assert_eq!(status, 200, "{page}");
+        if sample(&page, series).is_some_and(|v| v >= want) || Instant::now() > deadline {
+            return page;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn backend_label(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Epoll => "epoll",
+        Backend::IoUring => "io_uring",
+        other => panic!("no test for {other:?}"),
+    }
+}
+
+ringside_tests::each_backend! {
+    fn a_live_server_counts_what_the_protocol_does(backend) {
+        prometheus_installed();
+        let server = TestServer::start(
+            backend,
+            |b| {
+                b.metrics_listen("127.0.0.1:0".parse().unwrap())
+                    .max_message_size(4096)
+                    .max_head_bytes(1024)
+                    .send_high_water(128 << 10)
+                    .send_limit(256 << 10)
+                    .slow_consumer(SlowConsumer::Close)
+            },
+            || EchoOrSubscribe,
+        );
+        let metrics = server.handle().metrics_addr().expect("a metrics listener");
+        assert_eq!(http_get(metrics, "/health"), (200, "ok\n".to_owned()));
+        let label = backend_label(backend);
+
+        // Messages and bytes, both ways.
+        let mut c = Client::connect(server.addr).unwrap();
+        for i in 0..10 {
+            c.send_text(&format!("message {i}")).unwrap();
+            assert_eq!(c.recv().unwrap(), Seen::Text(format!("message {i}")));
+        }
+        let page = page_when(metrics, "ringside_messages_received_total{worker=\"0\"}", 10.0);
+        let at = |series: &str| sample(&page, series).unwrap_or_else(|| panic!("{series}:\n{page}"));
+        assert_eq!(at("ringside_messages_received_total{worker=\"0\"}"), 10.0);
+        assert_eq!(at("ringside_messages_sent_total{worker=\"0\"}"), 10.0);
+        assert_eq!(at("ringside_connections_open{worker=\"0\"}"), 1.0);
+        assert_eq!(at("ringside_connections_accepted_total{worker=\"0\"}"), 1.0);
+        assert_eq!(at("ringside_upgrades_total{status=\"101\"}"), 1.0);
+        // 10 frames of 15 bytes with a 6-byte header, after the upgrade request.
+        assert!(at("ringside_received_bytes_total{worker=\"0\"}") > 10.0 * 21.0, "{page}");
+        // 10 frames of 15 bytes with a 2-byte header, after the 101 answer.
+        assert!(at("ringside_sent_bytes_total{worker=\"0\"}") > 10.0 * 17.0, "{page}");
+        assert_eq!(at(&format!("ringside_backend_info{{worker=\"0\",backend=\"{label}\"}}")), 1.0);
+        assert!(at("ringside_loop_iterations_total{worker=\"0\"}") > 0.0);
+        let waits = if backend == Backend::Epoll {
+            "ringside_epoll_waits_total{worker=\"0\"}"
+        } else {
+            "ringside_uring_enters_total{worker=\"0\"}"
+        };
+        assert!(at(waits) > 0.0, "{page}");
+
+        // A request head over the limit: 431.
+        let mut raw = TcpStream::connect_timeout(&server.addr, WAIT).unwrap();
+        raw.set_read_timeout(Some(WAIT)).unwrap();
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Filler: ".to_vec();
+        head.resize(2048, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        raw.write_all(&head).unwrap();
+        let mut answer = [0u8; 12];
+        let mut got = 0;
+        while got < answer.len() {
+            let n = read_some(&mut raw, &mut answer[got..]).unwrap();
+            assert!(n > 0, "closed before an answer");
+            got += n;
+        }
+        assert_eq!(&answer, b"HTTP/1.1 431");
+        let page = page_when(metrics, "ringside_upgrades_total{status=\"431\"}", 1.0);
+        assert_eq!(sample(&page, "ringside_upgrades_total{status=\"431\"}"), Some(1.0), "{page}");
+
+        // A message over the limit: 1009.
+        c.send_binary(&[7; 5000]).unwrap();
+        assert_eq!(c.expect_close().unwrap(), Some(1009));
+        let page = page_when(metrics, "ringside_closes_total{code=\"1009\"}", 1.0);
+        assert_eq!(sample(&page, "ringside_closes_total{code=\"1009\"}"), Some(1.0), "{page}");
+
+        // A subscriber that does not read falls past the send limit: 1008. Its close is
+        // counted by code once it reads what was queued and answers the close.
+        let mut slow = Client::connect_with(server.addr, "/sub", &[], &[]).unwrap();
+        let payload = vec![b'p'; 16 << 10];
+        let deadline = Instant::now() + WAIT;
+        while server.handle().stats().slow_closed == 0 {
+            assert!(Instant::now() < deadline, "never a slow consumer");
+            for _ in 0..32 {
+                server.handle().publish("t", Message::Binary(&payload));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let page = page_when(metrics, "ringside_slow_consumers_closed_total{worker=\"0\"}", 1.0);
+        let at = |series: &str| sample(&page, series).unwrap_or_else(|| panic!("{series}:\n{page}"));
+        assert_eq!(at("ringside_slow_consumers_closed_total{worker=\"0\"}"), 1.0);
+        assert!(at("ringside_publishes_delivered_total{worker=\"0\"}") >= 1.0, "{page}");
+        assert_eq!(slow.expect_close().unwrap(), Some(1008));
+        let page = page_when(metrics, "ringside_closes_total{code=\"1008\"}", 1.0);
+        assert_eq!(sample(&page, "ringside_closes_total{code=\"1008\"}"), Some(1.0), "{page}");
+
+        // The live page passes promtool, lint included.
+        let out = run_bounded(Command::new(PROMTOOL).args(["check", "metrics"]), Some(page.as_bytes()));
+        assert!(out.status.success(), "promtool rejects the page:\n{}\n{page}", text(&out));
+        assert!(text(&out).trim().is_empty(), "promtool lint findings:\n{}", text(&out));
+
+        // Not ready from the moment shutdown begins, while the workers still drain a client
+        // that does not answer the 1001; the listener is gone once they stopped.
+        let _silent = Client::connect(server.addr).unwrap();
+        let stopping = std::thread::spawn(move || server.shutdown());
+        let deadline = Instant::now() + WAIT;
+        let mut health = http_get(metrics, "/health");
+        while health.0 == 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            health = http_get(metrics, "/health");
+        }
+        assert_eq!(health, (503, "not ready\n".to_owned()));
+        assert!(!stopping.is_finished(), "503 already while the workers drain");
+        stopping.join().unwrap().unwrap();
+        assert!(TcpStream::connect(metrics).is_err(), "the metrics port is closed after shutdown");
+    }
+}
+
+/// The `ringside` binary with `--metrics-listen`, its two addresses read from its stdout; killed
+/// on drop if still running.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Binary {
+    fn start(backend: Backend) -> Binary {
+        let flag = match backend {
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io-uring",
+            other => panic!("no flag for {other:?}"),
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .args(["--listen", "127.0.0.1:0", "--workers", "2", "--no-pin", "--backend", flag])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the ringside binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let line = |prefix: &str| -> SocketAddr {
+            let line = rx.recv_timeout(WAIT).expect("a line from the binary");
+            let addr = line.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?}"));
+            addr.parse().expect("an address")
+        };
+        let addr = line("ringside: listening on ");
+        let metrics = line("ringside: metrics on ");
+        Binary { child, addr, metrics }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+ringside_tests::each_backend! {
+    fn prometheus_scrapes_the_binary_and_follows_its_connections(backend) {
+        prometheus_installed();
+        let mut bin = Binary::start(backend);
+        assert_eq!(http_get(bin.metrics, "/health"), (200, "ok\n".to_owned()));
+        let prom = Prometheus::start(bin.metrics);
+        let up = prom.wait_for("up{job=\"ringside\"}", "1", FIRST_SCRAPE_LIMIT);
+        assert_eq!(up, "1", "Prometheus never scraped the binary\n{}", prom.log());
+        let open = "sum(ringside_connections_open{job=\"ringside\"})";
+        assert_eq!(prom.wait_for(open, "0", CHANGE_LIMIT), "0", "{}", prom.log());
+        let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(bin.addr).unwrap()).collect();
+        assert_eq!(prom.wait_for(open, "3", CHANGE_LIMIT), "3", "{}", prom.log());
+        for mut c in clients.drain(1..) {
+            c.conn.close(CloseCode::NORMAL, "").unwrap();
+            c.flush().unwrap();
+            assert_eq!(c.expect_close().unwrap(), Some(1000));
+        }
+        assert_eq!(prom.wait_for(open, "1", CHANGE_LIMIT), "1", "{}", prom.log());
+        let closed = "sum(ringside_closes_total{job=\"ringside\",code=\"1000\"})";
+        assert_eq!(prom.wait_for(closed, "2", CHANGE_LIMIT), "2", "{}", prom.log());
+        let label = backend_label(backend);
+        let info = format!("count(ringside_backend_info{{backend=\"{label}\"}})");
+        assert_eq!(prom.wait_for(&info, "2", CHANGE_LIMIT), "2", "two workers\n{}", prom.log());
+        drop(clients);
+
+        let pid = libc::pid_t::try_from(bin.child.id()).unwrap();
+        // SAFETY: kill(2) takes no pointers; the pid is our own unreaped child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = bin.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+        assert!(TcpStream::connect(bin.metrics).is_err(), "the metrics port closed with it");
+    }
 }

@@ -22,6 +22,7 @@ use super::worker::timers::Timers;
 use super::Shared;
 use crate::api::{ConnId, Error, SendStatus};
 use crate::config::{Settings, SlowConsumer, TopicPolicy};
+use crate::metrics::WorkerMetricsRef;
 use crate::server::Sender;
 
 /// A worker's state that handles write into: everything but the connections and the handler.
@@ -44,6 +45,9 @@ pub(crate) struct Local {
     pub timers: Timers,
     /// Counters, copied to the shared stats once per iteration.
     pub counts: Counts,
+    /// This worker's Prometheus counters: what `counts` holds is stored there once per
+    /// iteration; rarer events (upgrades, closes, the loop histogram) are written directly.
+    pub metrics: WorkerMetricsRef,
     /// The worker clock: milliseconds since it started, and the same wrapped into a `u32` for
     /// the per-connection timestamps.
     pub now_ms: u64,
@@ -64,6 +68,19 @@ pub(crate) struct Counts {
     pub compressed_shared: u64,
     pub compressed_per_conn: u64,
     pub deflate_declined: u64,
+    /// Connections the backend accepted (handed to `on_accept`, refused ones included).
+    pub accepted: u64,
+    /// Data messages received (whole, after reassembly).
+    pub messages_in: u64,
+    /// Data messages queued by sends and broadcasts (publishes are `delivered`, conflated
+    /// ones `unstaged`).
+    pub messages_out: u64,
+    /// Conflated publishes moved from the stage into the send queue.
+    pub unstaged: u64,
+    /// Bytes the backend delivered from sockets.
+    pub bytes_in: u64,
+    pub pings: u64,
+    pub pongs: u64,
 }
 
 /// What the slow-consumer policy says about `len` more bytes on a queue holding `queued`.
@@ -132,6 +149,9 @@ impl Local {
                 return SendStatus::Closing;
             }
         }
+        // Counted as a message whatever it is: `WebSocket::ping` takes its pings back out, so
+        // the per-message path pays one add.
+        self.counts.messages_out += 1;
         match frame {
             Frame::Parts(header, payload) => io.queue.push_frame(&mut self.pool, header, payload),
             Frame::Shared(bytes) => io.queue.push_published(&mut self.pool, bytes),
@@ -253,7 +273,12 @@ impl<'a, C> WebSocket<'a, C> {
         if payload.len() > 125 {
             return Err(Error::ControlTooLong);
         }
-        Ok(self.send_frame(OpCode::Ping, payload))
+        let status = self.send_frame(OpCode::Ping, payload);
+        if matches!(status, SendStatus::Queued | SendStatus::Backpressure) {
+            // A ping is not a message (see `Local::queue`).
+            self.local.counts.messages_out -= 1;
+        }
+        Ok(status)
     }
 
     fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {

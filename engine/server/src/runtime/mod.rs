@@ -15,7 +15,7 @@ pub(crate) mod worker;
 use std::any::{Any, TypeId};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -32,6 +32,7 @@ use self::pubsub::Publication;
 use crate::api::Stats;
 use crate::api::{ConnId, Handler};
 use crate::config::{Backend, Settings, Workers};
+use crate::metrics::{BackendKind, WorkerMetrics, WorkerMetricsRef};
 
 /// A closure to run on a worker, given its `Core<H>` as `Any` (the sender checked `H`).
 pub(crate) type Deferred = Box<dyn FnOnce(&mut dyn Any) + Send>;
@@ -96,6 +97,10 @@ pub(crate) struct Shared {
     wake_pending: Vec<AtomicBool>,
     inboxes: Vec<Sender<Command>>,
     pub(crate) stats: Vec<WorkerStats>,
+    /// Each worker's Prometheus counters (worker i writes block i; the metrics thread reads).
+    pub(crate) metrics: Arc<[WorkerMetrics]>,
+    /// Worker threads that have returned (or panicked): readiness is over once one has.
+    pub(crate) exited: AtomicUsize,
     /// The handler type the workers run, so a deferred closure for another type is refused at
     /// the call instead of failing on the worker.
     pub(crate) handler: TypeId,
@@ -163,6 +168,11 @@ impl Shared {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Ready to serve: no shutdown asked and every worker still running (and so accepting).
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.is_shutting_down() && self.exited.load(Ordering::Relaxed) == 0
     }
 
     pub(crate) fn begin_shutdown(&self) {
@@ -330,6 +340,8 @@ where
         wake_pending: (0..count).map(|_| AtomicBool::new(false)).collect(),
         inboxes,
         stats: (0..count).map(|_| WorkerStats::default()).collect(),
+        metrics: WorkerMetrics::for_workers(count),
+        exited: AtomicUsize::new(0),
         handler: TypeId::of::<H>(),
         bus: settings.bus.as_deref().and_then(|url| {
             cluster::connect(url, me.clone()).map_err(|e| bus_error = Some(e)).ok()
@@ -353,6 +365,8 @@ where
         let ready = ready_tx.clone();
         let thread =
             std::thread::Builder::new().name(format!("ringside-{index}")).spawn(move || {
+                // Counts this thread's end however it ends (return, error or panic).
+                let _exited = Exited(Arc::clone(&shared));
                 if let Some(core_id) = core_id {
                     core_affinity::set_for_current(core_id);
                 }
@@ -374,6 +388,7 @@ where
                                     return Err(e);
                                 }
                             };
+                        backend.set_metrics(metrics_ref(&shared, index), BackendKind::Epoll);
                         let _ = ready.send(Ok(()));
                         worker::run(&mut core, &mut backend, &inbox)
                     }
@@ -385,6 +400,7 @@ where
                                 return Err(e);
                             }
                         };
+                        backend.set_metrics(metrics_ref(&shared, index), BackendKind::IoUring);
                         let _ = ready.send(Ok(()));
                         worker::run(&mut core, &mut backend, &inbox)
                     }
@@ -404,4 +420,18 @@ where
         }
     }
     Ok((shared, threads))
+}
+
+/// Worker `index`'s metrics block.
+pub(crate) fn metrics_ref(shared: &Shared, index: usize) -> WorkerMetricsRef {
+    WorkerMetricsRef::new(Arc::clone(&shared.metrics), index).expect("one metrics block per worker")
+}
+
+/// Dropped when a worker thread ends: counts it in `Shared::exited`.
+struct Exited(Arc<Shared>);
+
+impl Drop for Exited {
+    fn drop(&mut self) {
+        self.0.exited.fetch_add(1, Ordering::Relaxed);
+    }
 }

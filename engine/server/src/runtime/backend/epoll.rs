@@ -21,6 +21,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::{Backend, Driver, Out, SendQueue, Waker};
+use crate::metrics::{BackendKind, WorkerMetrics, WorkerMetricsRef};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -72,6 +73,10 @@ pub struct Epoll {
     accept_retry: Option<Instant>,
     /// accept(2) calls that failed for lack of a descriptor or of memory.
     accept_errors: u64,
+    /// The worker's counters: bytes sent, epoll_wait calls and events.
+    metrics: WorkerMetricsRef,
+    /// Bytes written so far, stored into `metrics` once per poll (not per write).
+    bytes_sent: u64,
 }
 
 impl Epoll {
@@ -98,7 +103,15 @@ impl Epoll {
             released: Vec::new(),
             accept_retry: None,
             accept_errors: 0,
+            metrics: detached_metrics(),
+            bytes_sent: 0,
         })
+    }
+
+    /// Counts into `metrics` from now on (until then, into a block nobody reads).
+    pub fn set_metrics(&mut self, metrics: WorkerMetricsRef, kind: BackendKind) {
+        metrics.set_backend(kind);
+        self.metrics = metrics;
     }
 
     /// accept(2) calls that failed for lack of a descriptor (EMFILE, ENFILE) or of memory
@@ -247,6 +260,7 @@ impl Epoll {
             };
             match written {
                 Ok(n) => {
+                    self.bytes_sent += n as u64;
                     queue.complete(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -296,7 +310,9 @@ impl Backend for Epoll {
             self.read(id, driver);
         }
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut seen = 0u64;
         for event in events.iter() {
+            seen += 1;
             match event.token() {
                 LISTENER => self.accept(driver),
                 WAKER => self.waker.reset(),
@@ -325,6 +341,11 @@ impl Backend for Epoll {
             }
         }
         self.events = events;
+        self.metrics.epoll_waits.inc();
+        self.metrics.epoll_events.add(seen);
+        // Writes happen here and in the worker's flush after this poll: the next poll stores
+        // those.
+        self.metrics.bytes_sent.set_total(self.bytes_sent);
         if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
             self.accept(driver);
         }
@@ -413,6 +434,11 @@ fn set_linger_zero(stream: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
+}
+
+/// A metrics block of its own, for a backend not (yet) given its worker's.
+pub(crate) fn detached_metrics() -> WorkerMetricsRef {
+    WorkerMetricsRef::new(WorkerMetrics::for_workers(1), 0).expect("one block")
 }
 
 /// accept(2) errors that mean "out of a resource for now", not "this connection failed".

@@ -29,6 +29,7 @@ impl<H: Handler> Core<H> {
         }
         let Phase::Open(o) = &mut conn.phase else { return };
         conn.io.set(flag::CLOSE_REPORTED, true);
+        self.local.metrics.closed(code.0);
         let mut ws = WebSocket {
             slot: id,
             io: &mut conn.io,
@@ -82,8 +83,12 @@ impl<H: Handler> Core<H> {
         let message = ms(s.message_timeout);
         let ping_idle = s.ping_idle;
         let mut expired = Vec::new();
+        // The send-queue gauge is summed here, in a walk over every connection that happens
+        // anyway, rather than kept exact on every push and completion.
+        let mut queued = 0u64;
         for (id, conn) in &self.conns {
             let io = &conn.io;
+            queued += io.queue.len() as u64;
             // For a connection still in its handshake, `last_rx` is the time of accept: the
             // whole request must arrive within the timeout, however it trickles (slowloris).
             let since_rx = now.wrapping_sub(io.last_rx);
@@ -115,6 +120,7 @@ impl<H: Handler> Core<H> {
                 expired.push((id, action));
             }
         }
+        self.local.metrics.send_queued_bytes.set(queued);
         for (id, action) in expired {
             match action {
                 Sweep::Drop => self.drop_conn(id, "timed out"),

@@ -43,6 +43,7 @@ impl<H: Handler> Core<H> {
                                 }
                             };
                             conn.io.queue.push_published(&mut local.pool, frame);
+                            local.counts.messages_out += 1;
                             local.mark_dirty(id, &mut conn.io);
                         }
                         Verdict::Drop => local.counts.dropped += 1,

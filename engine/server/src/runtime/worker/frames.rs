@@ -50,6 +50,7 @@ impl<H: Handler> Core<H> {
                     match event {
                         Event::Message(msg) => {
                             o.input.message_since = 0;
+                            ws.local.counts.messages_in += 1;
                             self.handler.on_message(&mut ws, msg);
                             None
                         }
@@ -60,10 +61,12 @@ impl<H: Handler> Core<H> {
                             None
                         }
                         Event::Ping(payload) => {
+                            ws.local.counts.pings += 1;
                             self.handler.on_ping(&mut ws, payload);
                             None
                         }
                         Event::Pong(payload) => {
+                            ws.local.counts.pongs += 1;
                             self.handler.on_pong(&mut ws, payload);
                             None
                         }

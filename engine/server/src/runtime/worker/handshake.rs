@@ -154,6 +154,12 @@ impl<H: Handler> Core<H> {
                 (reply, 0, None)
             }
         };
+        if accepted.is_some() {
+            self.local.metrics.upgrade(101);
+        } else if reply != HEALTH_OK {
+            // A health check is not an upgrade request: not counted.
+            self.local.metrics.upgrade(status_of(&reply));
+        }
         // Bytes after the head are the first frames (a client may pipeline them).
         let rest = match &accepted {
             Some(_) if head_len < whole.len() => whole[head_len..].to_vec(),
@@ -192,9 +198,26 @@ fn handler_fault(e: &FieldError) -> Vec<u8> {
     out
 }
 
+/// The status of an HTTP response (`HTTP/1.1 NNN ...`); 0 when there is none.
+fn status_of(reply: &[u8]) -> u16 {
+    reply
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::head_end;
+    use super::{head_end, status_of};
+
+    #[test]
+    fn status_of_reads_the_status_line() {
+        assert_eq!(status_of(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), 431);
+        assert_eq!(status_of(b"HTTP/1.1 101 Switching Protocols\r\n"), 101);
+        assert_eq!(status_of(b"HTTP/1.1 4x1"), 0);
+        assert_eq!(status_of(b""), 0);
+    }
 
     #[test]
     fn head_end_finds_the_blank_line_across_every_split() {

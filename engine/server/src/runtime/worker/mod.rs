@@ -119,6 +119,7 @@ impl<H: Handler> Core<H> {
         let inputs = input::Inputs::new(&settings, shared.workers());
         let deflate = WorkerDeflate::new(&settings);
         let tls = shared.tls.clone().map(Layer::new);
+        let metrics = super::metrics_ref(&shared, usize::from(worker));
         Core {
             handler,
             conns: Slab::new(),
@@ -133,6 +134,7 @@ impl<H: Handler> Core<H> {
                 touched: Vec::new(),
                 timers: timers::Timers::default(),
                 counts: Counts::default(),
+                metrics,
                 now_ms: 0,
                 now: 0,
                 deflate,
@@ -185,6 +187,19 @@ impl<H: Handler> Core<H> {
         stats.compressed_per_conn.store(c.compressed_per_conn, Ordering::Relaxed);
         stats.deflate_declined.store(c.deflate_declined, Ordering::Relaxed);
         stats.deflate_memory.store(self.local.deflate.in_use() as u64, Ordering::Relaxed);
+        let m = &self.local.metrics;
+        m.connections_open.set(self.conns.len() as u64);
+        m.connections_accepted.set_total(c.accepted);
+        m.messages_received.set_total(c.messages_in);
+        m.messages_sent.set_total(c.messages_out + c.delivered + c.unstaged);
+        m.bytes_received.set_total(c.bytes_in);
+        m.pings_received.set_total(c.pings);
+        m.pongs_received.set_total(c.pongs);
+        m.publishes_delivered.set_total(c.delivered);
+        m.publishes_dropped.set_total(c.dropped);
+        m.publishes_conflated.set_total(c.conflated);
+        m.slow_consumers_closed.set_total(c.slow_closed);
+        m.accept_errors.set_total(c.accept_errors);
     }
 
     /// Leaks (never frees) every send queue with bytes in flight: the backend could not confirm
@@ -220,6 +235,7 @@ impl<H: Handler> Core<H> {
 
 impl<H: Handler> Driver for Core<H> {
     fn on_accept(&mut self, peer: Option<std::net::SocketAddr>) -> Option<usize> {
+        self.local.counts.accepted += 1;
         if self.conns.len() >= self.local.settings.max_connections_per_worker
             || self.local.shared.is_shutting_down()
         {
@@ -243,6 +259,7 @@ impl<H: Handler> Driver for Core<H> {
     }
 
     fn on_data(&mut self, id: usize, data: &mut [u8]) {
+        self.local.counts.bytes_in += data.len() as u64;
         if self.tls.as_mut().is_some_and(|tls| tls.conn(id).is_some()) {
             self.on_tls_data(id, data);
         } else {
@@ -344,6 +361,8 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     backend
         .poll(core, timeout)
         .map_err(|e| io::Error::new(e.kind(), format!("{} poll: {e}", backend.name())))?;
+    // Busy time only: the wait above is idle.
+    let busy = Instant::now();
     core.local.counts.accept_errors = backend.accept_errors();
     core.resume_input(backend);
     core.local.shared.woken(usize::from(core.local.worker));
@@ -358,6 +377,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
         core.next_sweep = core.local.now_ms + SWEEP_MS;
         core.sweep();
     }
+    core.local.metrics.loop_iteration.observe(busy.elapsed());
     if core.local.shared.is_shutting_down() {
         return core.shutdown_step(backend);
     }

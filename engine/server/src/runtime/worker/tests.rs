@@ -198,6 +198,8 @@ impl<H: Handler> Rig<H> {
             wake_pending: vec![AtomicBool::new(false)],
             inboxes: vec![tx],
             stats: vec![WorkerStats::default()],
+            metrics: crate::metrics::WorkerMetrics::for_workers(1),
+            exited: Default::default(),
             handler: TypeId::of::<H>(),
             bus: None,
             bus_gaps: Default::default(),
@@ -1020,4 +1022,129 @@ fn deflate_a_dropped_send_resets_its_compressor() {
         rig.text(id, &tick(i));
         assert_eq!(received_rsv1(&mut rig, id), [(true, format!(": {}", tick(i)))]);
     }
+}
+
+/// The worker's Prometheus block: upgrades by status and closes by code, by value.
+fn upgrades(rig: &Rig<App>, status: u16) -> u64 {
+    let i = crate::metrics::UPGRADE_STATUSES.iter().position(|&s| s == status).unwrap();
+    rig.shared.metrics[0].upgrades()[i]
+}
+
+fn closes(rig: &Rig<App>, code: u16) -> u64 {
+    let i = crate::metrics::CLOSE_CODES.iter().position(|&c| c == code).unwrap();
+    rig.shared.metrics[0].closes()[i]
+}
+
+#[test]
+fn metrics_count_what_the_protocol_does() {
+    let s = Settings { max_message_size: 100, max_head_bytes: 1024, ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let mut fed = 0u64;
+    let id = rig.open(peer(70), "/?user=io");
+    let m = Arc::clone(&rig.shared.metrics);
+    assert_eq!(m[0].connections_accepted.get(), 1);
+    assert_eq!(m[0].connections_open.get(), 1);
+    assert_eq!(upgrades(&rig, 101), 1);
+    fed += m[0].bytes_received.get();
+    for text in ["one", "two"] {
+        let f = Rig::<App>::frame(OpCode::Text, text.as_bytes());
+        fed += f.len() as u64;
+        rig.data(id, &f);
+    }
+    for (op, payload) in [(OpCode::Ping, &b"p"[..]), (OpCode::Pong, b"q")] {
+        let f = Rig::<App>::frame(op, payload);
+        fed += f.len() as u64;
+        rig.data(id, &f);
+    }
+    assert_eq!(m[0].messages_received.get(), 2);
+    assert_eq!(m[0].messages_sent.get(), 2, "two echoes; the automatic pong is not a message");
+    assert_eq!(m[0].pings_received.get(), 1);
+    assert_eq!(m[0].pongs_received.get(), 1);
+    assert_eq!(m[0].bytes_received.get(), fed, "every byte handed to the worker");
+
+    // Refusals by status: the application's 401, a head over the limit's 431.
+    let refused = rig.accept(peer(71));
+    let mut req = Vec::new();
+    write_client_request("test", "/private", &generate_key(), &[], &[], &mut req);
+    rig.data(refused, &req);
+    rig.turn(); // released
+    let big = rig.accept(peer(72));
+    rig.data(big, b"GET / HTTP/1.1\r\n");
+    for _ in 0..60 {
+        rig.data(big, b"X-Filler: 0123456789\r\n");
+    }
+    assert_eq!(upgrades(&rig, 401), 1);
+    assert_eq!(upgrades(&rig, 431), 1);
+    assert_eq!(m[0].connections_accepted.get(), 3);
+
+    rig.turn(); // the refused ones are released
+                // A message over the limit closes with 1009, a client's close with its code.
+    let other = rig.open(peer(73), "/?user=jo");
+    rig.data(other, &Rig::<App>::frame(OpCode::Binary, &[0; 101]));
+    assert_eq!(rig.received(other).last().unwrap(), "close 1009");
+    assert_eq!(closes(&rig, 1009), 1);
+    rig.data(id, &Rig::<App>::frame(OpCode::Close, &1000u16.to_be_bytes()));
+    assert_eq!(closes(&rig, 1000), 1);
+    assert_eq!(closes(&rig, 1006), 0);
+    assert!(m[0].loop_iteration.count() >= 10, "one observation per iteration");
+}
+
+#[test]
+fn the_send_queue_gauge_follows_a_peer_that_stops_reading() {
+    let s = Settings { send_high_water: 100_000, send_limit: 200_000, ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let id = rig.open(peer(80), "/?user=ka");
+    rig.fake.window.insert(id, 0);
+    let big = "x".repeat(1000);
+    rig.text(id, &big);
+    rig.text(id, &big);
+    let queued = rig.core.conns[id].io.queue.len() as u64;
+    assert!(queued > 2000, "{queued}");
+    rig.advance(300); // past a sweep
+    assert_eq!(rig.shared.metrics[0].send_queued_bytes.get(), queued);
+    rig.fake.window.insert(id, usize::MAX);
+    rig.advance(300);
+    assert_eq!(rig.shared.metrics[0].send_queued_bytes.get(), 0);
+}
+
+#[test]
+fn publishes_and_slow_consumers_reach_the_metrics() {
+    let rules = vec![TopicRule {
+        pattern: "t".into(),
+        policy: TopicPolicy { slow_consumer: SlowConsumer::Close, limit: 100 },
+    }];
+    let mut rig = Rig::new(Settings { topic_rules: rules, ..settings() }, App::default());
+    let fast = rig.open(peer(90), "/anon");
+    let slow = rig.open(peer(91), "/anon");
+    rig.core.local.topics.subscribe(fast, "t").unwrap();
+    rig.core.local.topics.subscribe(slow, "t").unwrap();
+    rig.fake.window.insert(slow, 0);
+    let sender = rig.sender();
+    for i in 0..5 {
+        sender.publish("t", Message::Text(&format!("{i:040}")));
+        rig.turn();
+    }
+    let m = &rig.shared.metrics[0];
+    assert_eq!(m.slow_consumers_closed.get(), 1);
+    assert_eq!(m.publishes_delivered.get(), rig.core.local.counts.delivered);
+    assert!(m.publishes_delivered.get() >= 5, "{}", m.publishes_delivered.get());
+    assert_eq!(m.messages_sent.get(), m.publishes_delivered.get(), "a publish is a message");
+    assert_eq!(closes(&rig, 1008), 0, "not until the peer answers or times out");
+    rig.fake.window.insert(slow, usize::MAX);
+    rig.turn();
+    assert_eq!(rig.received(slow).last().unwrap(), "close 1008");
+    rig.data(slow, &Rig::<App>::frame(OpCode::Close, &1008u16.to_be_bytes()));
+    assert_eq!(closes(&rig, 1008), 1);
+}
+
+#[test]
+fn a_ping_is_not_counted_as_a_message() {
+    let s = Settings { idle_timeout: Duration::from_secs(10), ..settings() };
+    let mut rig = Rig::new(s, App::default());
+    let id = rig.open(peer(100), "/?user=lu");
+    rig.advance(5_300);
+    assert_eq!(rig.received(id), ["ping "], "the idle ping went out");
+    rig.text(id, "hi");
+    assert_eq!(rig.received(id), ["lu: hi"]);
+    assert_eq!(rig.shared.metrics[0].messages_sent.get(), 1, "the echo only");
 }

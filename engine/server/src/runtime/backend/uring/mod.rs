@@ -44,6 +44,7 @@ pub use self::setup::probe;
 use self::setup::TaskRun;
 use super::{Backend, Driver, Out, SendQueue, Waker};
 use crate::config::Settings;
+use crate::metrics::{BackendKind, WorkerMetricsRef};
 
 /// The largest completion queue asked for: the kernel's IORING_MAX_CQ_ENTRIES.
 const MAX_CQ_ENTRIES: u32 = 1 << 16;
@@ -158,6 +159,10 @@ pub struct Uring {
     starved: VecDeque<(u32, u32)>,
     released: Vec<usize>,
     stats: Stats,
+    /// The worker's counters: enters, completions, ENOBUFS re-arms, bytes sent.
+    metrics: WorkerMetricsRef,
+    /// Bytes the kernel took from completed sends, stored into `metrics` once per poll.
+    bytes_sent: u64,
 }
 
 /// Counters shown in `Debug`, for diagnosis.
@@ -223,6 +228,8 @@ impl Uring {
             starved: VecDeque::new(),
             released: Vec::new(),
             stats: Stats::default(),
+            metrics: super::epoll::detached_metrics(),
+            bytes_sent: 0,
         };
         this.fixed_files = setup::register_files(&this.ring, settings.max_connections_per_worker)?;
         // SAFETY: `this` owns both; its Drop unregisters the group after cancelling every
@@ -235,6 +242,12 @@ impl Uring {
         this.arm_waker();
         this.arm_accepts();
         Ok(this)
+    }
+
+    /// Counts into `metrics` from now on (until then, into a block nobody reads).
+    pub fn set_metrics(&mut self, metrics: WorkerMetricsRef, kind: BackendKind) {
+        metrics.set_backend(kind);
+        self.metrics = metrics;
     }
 
     /// Queues a submission; when the SQ is full, submits what it holds first (every consumed
@@ -251,6 +264,7 @@ impl Uring {
                 return;
             }
             let _ = self.ring.submit();
+            self.metrics.uring_enters.inc();
             // SAFETY: as above.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
@@ -265,6 +279,7 @@ impl Uring {
         while let Some(entry) = self.backlog.front() {
             // SAFETY: see `push`.
             if unsafe { self.ring.submission().push(entry) }.is_err() {
+                self.metrics.uring_enters.inc();
                 if self.ring.submit().is_err() || self.ring.submission().is_full() {
                     return;
                 }
@@ -292,6 +307,7 @@ impl Uring {
         // wrapper of it) whose timespec outlives the call; the ring is ours.
         let entered =
             unsafe { self.ring.submitter().enter(to_submit, want, flags.bits(), Some(&args)) };
+        self.metrics.uring_enters.inc();
         match entered {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -312,6 +328,7 @@ impl Uring {
     fn reap(&mut self) {
         self.cqes.clear();
         self.cqes.extend(self.ring.completion());
+        self.metrics.uring_cqes.add(self.cqes.len() as u64);
     }
 
     fn arm_waker(&mut self) {
@@ -696,6 +713,9 @@ impl Uring {
         let failed = res <= 0;
         if failed {
             self.conns[id].flags |= BROKEN;
+        } else {
+            // The kernel took these bytes, whatever becomes of the queue.
+            self.bytes_sent += res as u64;
         }
         let mut done = false;
         if let Some(queue) = driver.queue(id) {
@@ -751,6 +771,7 @@ impl Uring {
                 conn.flags &= !REARM;
                 if conn.wants_recv() {
                     buffers -= 1;
+                    self.metrics.uring_enobufs_rearms.inc();
                     self.arm_recv(id as usize);
                 }
             }
@@ -782,6 +803,8 @@ impl Backend for Uring {
             self.cqes = batch;
         }
         self.rearm_recvs();
+        // Sends complete only here, in completions.
+        self.metrics.bytes_sent.set_total(self.bytes_sent);
         let mut released = std::mem::take(&mut self.released);
         for id in released.drain(..) {
             driver.on_released(id);
