@@ -52,7 +52,7 @@ impl Servers {
             .map(|mode| {
                 let server = TestServer::start(
                     backend,
-                    |b| b.deflate(mode).max_message_size(4 << 20),
+                    |b| b.deflate(mode).max_message_size(4 << 20).max_frame_size(4 << 20),
                     || ringside_tests::Echo,
                 );
                 let tap = WireTap::start(server.addr).expect("the relay starts");
