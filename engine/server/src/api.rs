@@ -250,4 +250,7 @@ pub struct Stats {
     /// Accepts that failed for lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS);
     /// accepting resumes by itself once descriptors are free.
     pub accept_errors: u64,
+    /// Bytes of queued output held now (send queues, conflation stages, and the socket
+    /// buffers of connections whose sends wait), counted against `max_buffered_output`.
+    pub buffered_output: u64,
 }

@@ -98,6 +98,15 @@ struct Args {
     /// Most connections per worker.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections_per_worker: usize,
+    /// Most bytes of queued output the server holds (send queues, conflation stages, socket
+    /// buffers of connections that stopped reading), shared equally by the workers; past it
+    /// the largest holders get their slow-consumer policy. Default: a quarter of the memory
+    /// (cgroup limit or physical), at most half of net.ipv4.tcp_mem's pressure threshold.
+    #[arg(long)]
+    max_buffered_output: Option<usize>,
+    /// SO_SNDBUF of accepted sockets, bytes (the kernel doubles it); 0: the kernel's default.
+    #[arg(long, default_value_t = 128 << 10)]
+    socket_send_buffer: usize,
     /// Share the port with other processes already listening on it (SO_REUSEPORT); without
     /// it, a port in use is an error.
     #[arg(long)]
@@ -279,6 +288,10 @@ fn run(args: Args) -> io::Result<()> {
         recv_buffer_size: args.recv_buffer_size,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         max_connections_per_worker: args.max_connections_per_worker,
+        max_buffered_output: args
+            .max_buffered_output
+            .unwrap_or_else(|| Settings::default().max_buffered_output),
+        socket_send_buffer: args.socket_send_buffer,
         reuse_port: args.reuse_port,
         health_path: (!args.health_path.is_empty()).then(|| args.health_path.clone()),
         ..Settings::default()
@@ -309,13 +322,15 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     eprintln!(
         "ringside: app {app}, backend {backend}, {workers} worker(s), pinning {}, \
          max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
-         open-file limit {fd_limit}",
+         output budget {} B, socket send buffer {} B, open-file limit {fd_limit}",
         if s.pin { "on" } else { "off" },
         s.max_message_size,
         s.max_frame_size,
         s.send_limit,
         s.slow_consumer,
         s.idle_timeout.as_secs(),
+        s.max_buffered_output,
+        s.socket_send_buffer,
     );
     if backend == "epoll" && fd_limit < 100_000 {
         eprintln!(
@@ -342,8 +357,13 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
             let m = handle.stats();
             eprintln!(
                 "ringside: metrics: connections {}, delivered {}, dropped {}, conflated {}, \
-                 slow consumers closed {}",
-                m.connections, m.delivered, m.dropped, m.conflated, m.slow_closed
+                 slow consumers closed {}, buffered output {} B",
+                m.connections,
+                m.delivered,
+                m.dropped,
+                m.conflated,
+                m.slow_closed,
+                m.buffered_output
             );
         }
     }

@@ -99,6 +99,10 @@ impl Builder {
         max_connections_per_worker: usize,
         /// Share the port with other processes.
         reuse_port: bool,
+        /// Most bytes of queued output the server holds (each worker gets an equal share).
+        max_buffered_output: usize,
+        /// SO_SNDBUF of accepted sockets (0: the kernel's default).
+        socket_send_buffer: usize,
     }
 
     /// Answers `200 ok` to a plain GET of `path` (a load balancer's health check).

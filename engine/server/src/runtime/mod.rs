@@ -3,6 +3,7 @@
 //! the shutdown flag, their wakers and their command channels.
 
 pub(crate) mod backend;
+pub(crate) mod budget;
 pub(crate) mod conn;
 pub(crate) mod handle;
 pub(crate) mod pubsub;
@@ -69,6 +70,7 @@ pub(crate) struct WorkerStats {
     pub slow_closed: AtomicU64,
     pub stale: AtomicU64,
     pub accept_errors: AtomicU64,
+    pub buffered_output: AtomicU64,
 }
 
 /// What all workers and handles share.
@@ -128,6 +130,7 @@ impl Shared {
             total.slow_closed += w.slow_closed.load(Ordering::Relaxed);
             total.stale += w.stale.load(Ordering::Relaxed);
             total.accept_errors += w.accept_errors.load(Ordering::Relaxed);
+            total.buffered_output += w.buffered_output.load(Ordering::Relaxed);
         }
         total
     }
@@ -208,7 +211,7 @@ pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
         refuse_if_in_use(addr)?;
     }
     for _ in 0..workers {
-        let listener = bind(addr)?;
+        let listener = bind(addr, settings.socket_send_buffer)?;
         // With port 0 the first bind picks the port; the others share it.
         addr = listener.local_addr()?;
         listeners.push(listener);
@@ -244,8 +247,13 @@ fn refuse_if_in_use(addr: SocketAddr) -> io::Result<()> {
     })
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening socket. Accepted sockets inherit its SO_SNDBUF (`send_buffer`, 0: the kernel's
+/// default) on every kernel; the backends set it again per connection.
+fn bind(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if send_buffer != 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -316,7 +324,7 @@ where
                     Kind::Epoll => {
                         let mut backend =
                             match Epoll::new(listener, waker, settings.recv_buffer_size) {
-                                Ok(b) => b,
+                                Ok(b) => b.with_send_buffer(settings.socket_send_buffer),
                                 Err(e) => {
                                     let _ =
                                         ready.send(Err(io::Error::new(e.kind(), e.to_string())));

@@ -72,6 +72,8 @@ pub struct Epoll {
     accept_retry: Option<Instant>,
     /// accept(2) calls that failed for lack of a descriptor or of memory.
     accept_errors: u64,
+    /// SO_SNDBUF for accepted sockets (0: the kernel's default).
+    send_buffer: usize,
 }
 
 impl Epoll {
@@ -98,7 +100,15 @@ impl Epoll {
             released: Vec::new(),
             accept_retry: None,
             accept_errors: 0,
+            send_buffer: 0,
         })
+    }
+
+    /// Sets SO_SNDBUF on every accepted socket (0: leave the kernel's default), so that a
+    /// client that stops reading holds at most that much kernel memory.
+    pub fn with_send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = bytes;
+        self
     }
 
     /// accept(2) calls that failed for lack of a descriptor (EMFILE, ENFILE) or of memory
@@ -139,6 +149,9 @@ impl Epoll {
             };
             let Some(id) = driver.on_accept(Some(peer)) else { continue };
             let _ = stream.set_nodelay(true);
+            if self.send_buffer != 0 {
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer);
+            }
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 Token(id),

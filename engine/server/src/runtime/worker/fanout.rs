@@ -1,31 +1,46 @@
 //! What reaches many connections, or reaches a connection from elsewhere: broadcasts,
 //! publishes (here and to the other workers), and the commands other threads send (addressed
 //! sends and closes, deferred closures). Every slow-consumer decision goes through
-//! `TopicPolicy::verdict`.
+//! `TopicPolicy::verdict`, with the limit lowered to the output budget's cap while the worker
+//! is over budget.
+//!
+//! Fan-out work per loop iteration is bounded ([`WORK_PER_TURN`] deliveries): publishes past it
+//! wait in order in `Core::deferred` for the next iterations (the loop then polls without
+//! waiting), and a connection that publishes while some wait stops being read until they are
+//! delivered. So a publish storm cannot hold the loop away from handshakes and echoes for
+//! longer than one iteration's worth of deliveries.
 
 use std::any::Any;
 
 use super::Core;
 use crate::api::{ConnId, Handler, SendStatus};
-use crate::config::SlowConsumer;
+use crate::config::{SlowConsumer, TopicPolicy};
 use crate::runtime::conn::Phase;
 use crate::runtime::handle::{lookup, Frame, Verdict};
 use crate::runtime::pubsub::Publication;
 use crate::runtime::Command;
+
+/// Deliveries (subscribers visited, connections broadcast to) one loop iteration makes before
+/// leaving the rest for the next: a few milliseconds of copying.
+pub(super) const WORK_PER_TURN: usize = 64 << 10;
 
 impl<H: Handler> Core<H> {
     pub(super) fn apply(&mut self, command: Command) {
         match command {
             Command::Broadcast(frame) => {
                 let policy = self.local.send_policy();
+                self.turn_work += self.conns.len();
                 let mut slow = std::mem::take(&mut self.slow);
                 for (id, conn) in self.conns.iter_mut() {
                     if !conn.can_send() {
                         continue;
                     }
+                    let limit = self.local.budget.limit_for(&conn.io.queue, policy.limit);
+                    let policy = TopicPolicy { limit, ..policy };
                     match policy.verdict(conn.io.queue.len(), frame.len()) {
                         Verdict::Queue => {
                             conn.io.queue.push_published(&mut self.local.pool, &frame);
+                            self.local.budget.pushed += frame.len();
                             self.local.mark_dirty(id, &mut conn.io);
                         }
                         Verdict::Drop => self.local.counts.dropped += 1,
@@ -36,8 +51,13 @@ impl<H: Handler> Core<H> {
                 self.slow = slow;
             }
             Command::Publish(batch) => {
-                for p in &batch {
-                    self.deliver(p);
+                for p in batch {
+                    if self.turn_work < WORK_PER_TURN && self.deferred.is_empty() {
+                        self.deliver(&p);
+                    } else {
+                        // Delivered by a later iteration, still in order.
+                        self.deferred.push_back((p, false));
+                    }
                 }
             }
             Command::Send(id, frame) => {
@@ -77,15 +97,13 @@ impl<H: Handler> Core<H> {
     /// Delivers the publishes handler callbacks made: here at once, to other workers with this
     /// iteration's batch.
     pub(super) fn drain_outbox(&mut self) {
-        let me = usize::from(self.local.worker);
         while !self.local.outbox.is_empty() {
             let mut outbox = std::mem::take(&mut self.local.outbox);
             for p in outbox.drain(..) {
-                self.deliver(&p);
-                for (worker, batch) in self.remote.iter_mut().enumerate() {
-                    if worker != me {
-                        batch.push(p.copied());
-                    }
+                if self.turn_work < WORK_PER_TURN && self.deferred.is_empty() {
+                    self.deliver_everywhere(&p);
+                } else {
+                    self.deferred.push_back((p, true));
                 }
             }
             if self.local.outbox.is_empty() {
@@ -95,13 +113,37 @@ impl<H: Handler> Core<H> {
         }
     }
 
+    /// Delivers a publish made on this worker: here, and into each other worker's batch.
+    pub(super) fn deliver_everywhere(&mut self, p: &Publication) {
+        let me = usize::from(self.local.worker);
+        self.deliver(p);
+        for (worker, batch) in self.remote.iter_mut().enumerate() {
+            if worker != me {
+                batch.push(p.copied());
+            }
+        }
+    }
+
+    /// Delivers waiting publishes, oldest first, while this iteration's work allows.
+    pub(super) fn drain_deferred(&mut self) {
+        while self.turn_work < WORK_PER_TURN {
+            let Some((p, here)) = self.deferred.pop_front() else { return };
+            if here {
+                self.deliver_everywhere(&p);
+            } else {
+                self.deliver(&p);
+            }
+        }
+    }
+
     /// Hands `p` to this worker's subscribers of its topic, applying the topic's policy to each
     /// subscriber that is over the limit.
     fn deliver(&mut self, p: &Publication) {
         let local = &mut self.local;
         let Some((topic_id, topic)) = local.topics.find(&p.topic) else { return };
-        let policy = topic.policy;
+        let topic_policy = topic.policy;
         let len = p.frame.len();
+        self.turn_work += topic.subscribers.len();
         let mut slow = std::mem::take(&mut self.slow);
         for &id in &topic.subscribers {
             let Some(conn) = self.conns.get_mut(id) else { continue };
@@ -109,17 +151,22 @@ impl<H: Handler> Core<H> {
                 continue;
             }
             let queue = &mut conn.io.queue;
+            let limit = local.budget.limit_for(queue, topic_policy.limit);
+            let policy = TopicPolicy { limit, ..topic_policy };
             let behind = queue.has_staged() || policy.verdict(queue.len(), len) != Verdict::Queue;
             if policy.slow_consumer == SlowConsumer::Conflate && behind {
                 // Behind: wait in the stage (replacing an older message of the same key)
                 // until what is in flight is sent; see `flush`.
                 if queue.stage(&mut local.pool, (topic_id, p.key), p.frame.clone()) {
                     local.counts.conflated += 1;
+                } else {
+                    local.budget.pushed += len;
                 }
             } else {
                 match policy.verdict(queue.len(), len) {
                     Verdict::Queue => {
                         queue.push_published(&mut local.pool, &p.frame);
+                        local.budget.pushed += len;
                         local.counts.delivered += 1;
                     }
                     Verdict::Drop => {
@@ -142,7 +189,7 @@ impl<H: Handler> Core<H> {
     }
 
     /// Closes (1008) the connections in `slow` and empties it.
-    fn close_slow(&mut self, slow: &mut Vec<usize>) {
+    pub(super) fn close_slow(&mut self, slow: &mut Vec<usize>) {
         for id in slow.drain(..) {
             self.local.counts.slow_closed += 1;
             self.close_with(id, ringside_proto::CloseCode::POLICY, "slow consumer");

@@ -20,11 +20,15 @@ mod close;
 mod fanout;
 mod frames;
 mod handshake;
+mod output;
 pub(crate) mod timers;
 
 #[cfg(test)]
+mod output_tests;
+#[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use ringside_proto::Config;
 use slab::Slab;
 
 use super::backend::{Backend, Driver, SendQueue};
+use super::budget::Budget;
 use super::conn::{flag, Conn, Phase};
 use super::handle::{Counts, Local, WebSocket};
 use super::pubsub::{Publication, Topics};
@@ -63,6 +68,19 @@ pub(crate) struct Core<H: Handler> {
     /// The dirty list being flushed, swapped with `local.dirty` so neither allocates per
     /// iteration.
     flushing: Vec<usize>,
+    /// Publishes past this iteration's fan-out work, in order: (publication, made here, so
+    /// also for the other workers).
+    deferred: VecDeque<(Publication, bool)>,
+    /// Deliveries made this iteration (see `fanout::WORK_PER_TURN`).
+    turn_work: usize,
+    /// Commands were left in the inbox at the last iteration.
+    inbox_left: bool,
+    /// The output budget was swept between commands this iteration.
+    swept: bool,
+    /// Connections not read while their publishes wait in `deferred`.
+    throttled: Vec<usize>,
+    /// Scratch list of (charge, id) for the output budget's sweep.
+    holders: Vec<(usize, usize)>,
     /// The generation given to the next accepted connection.
     generation: u32,
     next_sweep: u64,
@@ -98,6 +116,10 @@ impl<H: Handler> Core<H> {
             settings.max_subscriptions,
         );
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
+        let budget = Budget::new(
+            settings.max_buffered_output / shared.workers().max(1),
+            super::budget::socket_charge(settings.socket_send_buffer),
+        );
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
         Core {
             handler,
@@ -108,6 +130,7 @@ impl<H: Handler> Core<H> {
                 shared,
                 dirty: Vec::new(),
                 pool: Pool::default(),
+                budget,
                 topics,
                 outbox: Vec::new(),
                 touched: Vec::new(),
@@ -122,6 +145,12 @@ impl<H: Handler> Core<H> {
             remote,
             slow: Vec::new(),
             flushing: Vec::new(),
+            deferred: VecDeque::new(),
+            turn_work: 0,
+            inbox_left: false,
+            swept: false,
+            throttled: Vec::new(),
+            holders: Vec::new(),
             generation: 0,
             next_sweep: 0,
             next_tick,
@@ -158,12 +187,18 @@ impl<H: Handler> Core<H> {
         stats.slow_closed.store(c.slow_closed, Ordering::Relaxed);
         stats.stale.store(c.stale, Ordering::Relaxed);
         stats.accept_errors.store(c.accept_errors, Ordering::Relaxed);
+        let buffered = self.local.budget.held + self.local.budget.pushed;
+        stats.buffered_output.store(buffered as u64, Ordering::Relaxed);
     }
 
     /// How long the next poll may wait: until the next sweep, timer or tick, or not at all
     /// when there is work left.
     fn poll_timeout(&self) -> Duration {
-        if !self.local.dirty.is_empty() || !self.to_close.is_empty() {
+        if !self.local.dirty.is_empty()
+            || !self.to_close.is_empty()
+            || !self.deferred.is_empty()
+            || self.inbox_left
+        {
             return Duration::ZERO;
         }
         let now = self.local.now_ms;
@@ -197,7 +232,13 @@ impl<H: Handler> Driver for Core<H> {
             Phase::Open(_) => {
                 conn.io.last_rx = self.local.now;
                 conn.io.set(flag::IDLE_PINGED, false);
+                let waiting = self.deferred.len();
                 self.on_frames(id, data);
+                if self.deferred.len() > waiting && !self.throttled.contains(&id) {
+                    // It published past this iteration's fan-out work: read no more from it
+                    // until its publishes are delivered (flush pauses it).
+                    self.throttled.push(id);
+                }
             }
             Phase::Done => {}
         }
@@ -230,6 +271,7 @@ impl<H: Handler> Driver for Core<H> {
         if self.conns.contains(id) {
             let mut conn = self.conns.remove(id);
             self.local.topics.unsubscribe_all(id);
+            self.local.budget.release(&mut conn.io.queue);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.local.pool);
         }
@@ -258,15 +300,16 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     backend: &mut B,
     inbox: &Receiver<Command>,
 ) -> io::Result<bool> {
+    core.turn_work = 0;
+    core.swept = false;
+    core.drain_deferred();
     let timeout = core.poll_timeout();
     backend
         .poll(core, timeout)
         .map_err(|e| io::Error::new(e.kind(), format!("{} poll: {e}", backend.name())))?;
     core.local.counts.accept_errors = backend.accept_errors();
     core.local.shared.woken(usize::from(core.local.worker));
-    while let Ok(command) = inbox.try_recv() {
-        core.apply(command);
-    }
+    core.take_commands(inbox);
     core.fire_timers();
     core.send_remote();
     flush(core, backend);
@@ -274,6 +317,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     if core.local.now_ms >= core.next_sweep {
         core.next_sweep = core.local.now_ms + SWEEP_MS;
         core.sweep();
+        core.give_back_memory();
     }
     if core.local.shared.is_shutting_down() {
         return core.shutdown_step(backend);
@@ -281,9 +325,11 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     Ok(false)
 }
 
-/// Sends what each dirty connection queued this iteration, applies backpressure, closes.
+/// Sends what each dirty connection queued this iteration, applies backpressure, settles the
+/// output budget, closes.
 fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     let high_water = core.local.settings.send_high_water;
+    core.pause_throttled(backend);
     // Callbacks below (on_drain) may mark connections dirty again: those go to the next flush.
     let mut dirty = std::mem::take(&mut core.flushing);
     std::mem::swap(&mut dirty, &mut core.local.dirty);
@@ -291,11 +337,19 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.set(flag::DIRTY, false);
         let queue = &mut conn.io.queue;
-        if queue.has_staged() && queue.in_flight().is_none() {
+        // A send still in flight from an earlier iteration waits on a full socket buffer.
+        let waited = queue.in_flight().is_some();
+        if queue.has_staged() && !waited {
             // Caught up: the latest conflated messages go out with this send.
             queue.unstage(&mut core.local.pool, usize::MAX);
         }
         backend.flush(id, queue);
+        let flying = queue.in_flight().is_some();
+        queue.set_stalled(waited && flying);
+        if flying && !waited {
+            // Look again next iteration: still in flight then means stalled (see `budget`).
+            core.local.mark_dirty(id, &mut conn.io);
+        }
         let queued = conn.io.queue.len();
         let over = conn.io.has(flag::OVER_HIGH_WATER);
         if queued > high_water && !over {
@@ -303,14 +357,20 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
             backend.set_reading(id, false);
         } else if over && queued <= high_water {
             conn.io.set(flag::OVER_HIGH_WATER, false);
-            backend.set_reading(id, true);
+            if !core.throttled.contains(&id) {
+                backend.set_reading(id, true);
+            }
             core.callback(id, |h, ws| h.on_drain(ws));
         }
         if let Some(conn) = core.conns.get_mut(id) {
-            conn.io.queue.recycle(&mut core.local.pool);
+            core.local.budget.settle(&mut conn.io.queue, &mut core.local.pool);
         }
     }
     core.flushing = dirty;
+    core.local.budget.settled();
+    if core.local.budget.over() {
+        core.enforce_budget();
+    }
     for (id, hard) in std::mem::take(&mut core.to_close) {
         backend.close(id, hard);
     }

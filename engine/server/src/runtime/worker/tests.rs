@@ -25,24 +25,24 @@ use crate::server::Sender;
 
 /// What the fake backend was asked to do, and what it will report.
 #[derive(Default)]
-struct Fake {
+pub(super) struct Fake {
     /// Events for the next poll, in order.
-    script: VecDeque<Ev>,
+    pub(super) script: VecDeque<Ev>,
     /// Bytes each connection's peer has read (what the server sent).
-    sent: HashMap<usize, Vec<u8>>,
+    pub(super) sent: HashMap<usize, Vec<u8>>,
     /// How many more bytes each peer reads before it stops reading (absent: unlimited).
-    window: HashMap<usize, usize>,
+    pub(super) window: HashMap<usize, usize>,
     /// Connections with a send that did not finish (the peer stopped reading).
-    stalled: Vec<usize>,
-    reading: HashMap<usize, bool>,
-    closed: Vec<(usize, bool)>,
+    pub(super) stalled: Vec<usize>,
+    pub(super) reading: HashMap<usize, bool>,
+    pub(super) closed: Vec<(usize, bool)>,
     /// Ids to release at the next poll.
-    releasing: Vec<usize>,
-    accepting: bool,
-    timeouts: Vec<Duration>,
+    pub(super) releasing: Vec<usize>,
+    pub(super) accepting: bool,
+    pub(super) timeouts: Vec<Duration>,
 }
 
-enum Ev {
+pub(super) enum Ev {
     Accept(SocketAddr),
     Data(usize, Vec<u8>),
     Hangup(usize),
@@ -175,21 +175,21 @@ impl Backend for Fake {
 
 /// A worker on the fake backend with its clock, and a client-side protocol state per
 /// connection to read what the server sent.
-struct Rig<H: Handler> {
-    core: Core<H>,
-    fake: Fake,
-    inbox: Receiver<Command>,
-    shared: Arc<Shared>,
-    now: u64,
-    clients: HashMap<usize, (Connection, usize)>,
+pub(super) struct Rig<H: Handler> {
+    pub(super) core: Core<H>,
+    pub(super) fake: Fake,
+    pub(super) inbox: Receiver<Command>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) now: u64,
+    pub(super) clients: HashMap<usize, (Connection, usize)>,
 }
 
-fn peer(n: u8) -> SocketAddr {
+pub(super) fn peer(n: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, n], 40000 + u16::from(n)))
 }
 
 impl<H: Handler> Rig<H> {
-    fn new(settings: Settings, handler: H) -> Self {
+    pub(super) fn new(settings: Settings, handler: H) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
@@ -204,13 +204,13 @@ impl<H: Handler> Rig<H> {
     }
 
     /// One loop iteration at the current fake time.
-    fn turn(&mut self) -> bool {
+    pub(super) fn turn(&mut self) -> bool {
         self.core.set_now(self.now);
         turn(&mut self.core, &mut self.fake, &self.inbox).unwrap()
     }
 
     /// Advances the clock by `ms`, one iteration per 10 ms.
-    fn advance(&mut self, ms: u64) {
+    pub(super) fn advance(&mut self, ms: u64) {
         let end = self.now + ms;
         while self.now < end {
             self.now = (self.now + 10).min(end);
@@ -219,7 +219,7 @@ impl<H: Handler> Rig<H> {
     }
 
     /// Accepts a connection (id returned) without upgrading it.
-    fn accept(&mut self, from: SocketAddr) -> usize {
+    pub(super) fn accept(&mut self, from: SocketAddr) -> usize {
         let before = self.core.conns.len();
         self.fake.script.push_back(Ev::Accept(from));
         self.turn();
@@ -232,13 +232,13 @@ impl<H: Handler> Rig<H> {
             .unwrap()
     }
 
-    fn data(&mut self, id: usize, bytes: &[u8]) {
+    pub(super) fn data(&mut self, id: usize, bytes: &[u8]) {
         self.fake.script.push_back(Ev::Data(id, bytes.to_vec()));
         self.turn();
     }
 
     /// Accepts and upgrades a connection to `path`; returns its id.
-    fn open(&mut self, from: SocketAddr, path: &str) -> usize {
+    pub(super) fn open(&mut self, from: SocketAddr, path: &str) -> usize {
         let id = self.accept(from);
         let mut req = Vec::new();
         write_client_request("test", path, &generate_key(), &[], &[], &mut req);
@@ -253,12 +253,12 @@ impl<H: Handler> Rig<H> {
         id
     }
 
-    fn take_sent(&mut self, id: usize) -> Vec<u8> {
+    pub(super) fn take_sent(&mut self, id: usize) -> Vec<u8> {
         self.fake.sent.remove(&id).unwrap_or_default()
     }
 
     /// The messages (and closes, as "close CODE") the client of `id` received since last asked.
-    fn received(&mut self, id: usize) -> Vec<String> {
+    pub(super) fn received(&mut self, id: usize) -> Vec<String> {
         let mut bytes = self.take_sent(id);
         let (client, _) = self.clients.get_mut(&id).expect("an upgraded connection");
         let mut out = Vec::new();
@@ -277,22 +277,22 @@ impl<H: Handler> Rig<H> {
     }
 
     /// A masked client frame.
-    fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         frame::write_frame(&mut out, true, opcode, Some([1, 2, 3, 4]), payload);
         out
     }
 
-    fn text(&mut self, id: usize, text: &str) {
+    pub(super) fn text(&mut self, id: usize, text: &str) {
         let f = Self::frame(OpCode::Text, text.as_bytes());
         self.data(id, &f);
     }
 
-    fn sender(&self) -> Sender {
+    pub(super) fn sender(&self) -> Sender {
         Sender::new(Arc::clone(&self.shared))
     }
 
-    fn id_of(&self, slot: usize) -> ConnId {
+    pub(super) fn id_of(&self, slot: usize) -> ConnId {
         self.core.local.id(slot, &self.core.conns[slot].io)
     }
 }

@@ -154,6 +154,9 @@ pub struct Uring {
     starved: VecDeque<(u32, u32)>,
     released: Vec<usize>,
     stats: Stats,
+    /// SO_SNDBUF for accepted sockets (0: the kernel's default), boxed: the socket uring_cmd
+    /// reads it when the kernel runs the command, which may be after the call that queued it.
+    send_buffer: Box<libc::c_int>,
 }
 
 /// Counters shown in `Debug`, for diagnosis.
@@ -218,6 +221,9 @@ impl Uring {
             starved: VecDeque::new(),
             released: Vec::new(),
             stats: Stats::default(),
+            send_buffer: Box::new(
+                libc::c_int::try_from(settings.socket_send_buffer).unwrap_or(libc::c_int::MAX),
+            ),
         };
         this.fixed_files = setup::register_files(&this.ring, settings.max_connections_per_worker)?;
         // SAFETY: `this` owns both; its Drop unregisters the group after cancelling every
@@ -619,6 +625,11 @@ impl Uring {
         *conn = Conn { slot, gen: conn.gen, ops: 0, flags: LIVE };
         let one = (&ONE as *const libc::c_int).cast();
         self.set_option_cmd(id, libc::IPPROTO_TCP, libc::TCP_NODELAY, one, 4);
+        if *self.send_buffer != 0 {
+            // Inherited from the listener too; set again like TCP_NODELAY.
+            let size = (&*self.send_buffer as *const libc::c_int).cast();
+            self.set_option_cmd(id, libc::SOL_SOCKET, libc::SO_SNDBUF, size, 4);
+        }
         self.arm_recv(id);
     }
 
