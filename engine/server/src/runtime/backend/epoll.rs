@@ -348,6 +348,12 @@ impl Backend for Epoll {
     }
 
     fn flush(&mut self, id: usize, queue: &mut SendQueue) {
+        let waiting = self.conns.get(id).and_then(Option::as_ref).is_some_and(|c| c.unsent);
+        if waiting && queue.in_flight().is_some() {
+            // The socket was full at the last write: EPOLLOUT writes when it has room. A write
+            // now would only say EAGAIN again, once per iteration per stalled peer.
+            return;
+        }
         self.write(id, queue);
     }
 

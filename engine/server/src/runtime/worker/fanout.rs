@@ -4,7 +4,8 @@
 //! `TopicPolicy::verdict`, with the limit lowered to the output budget's cap while the worker
 //! is over budget.
 //!
-//! Fan-out work per loop iteration is bounded ([`WORK_PER_TURN`] deliveries): publishes past it
+//! Fan-out work per loop iteration is bounded ([`WORK_PER_TURN`] deliveries, or
+//! [`FANOUT_TIME`] of them, whichever comes first; a publish is never split): publishes past it
 //! wait in order in `Core::deferred` for the next iterations (the loop then polls without
 //! waiting), and a connection that publishes while some wait stops being read until they are
 //! delivered. So a publish storm cannot hold the loop away from handshakes and echoes for
@@ -21,10 +22,36 @@ use crate::runtime::pubsub::Publication;
 use crate::runtime::Command;
 
 /// Deliveries (subscribers visited, connections broadcast to) one loop iteration makes before
-/// leaving the rest for the next: a few milliseconds of copying.
+/// leaving the rest for the next: a few milliseconds of copying in an optimised build.
 pub(super) const WORK_PER_TURN: usize = 64 << 10;
+/// The same bound in time, for slower machines and builds: fan-out stops for the iteration
+/// once it has taken this long (checked every [`CLOCK_EVERY`] deliveries).
+const FANOUT_TIME: std::time::Duration = std::time::Duration::from_millis(5);
+const CLOCK_EVERY: usize = 4096;
 
 impl<H: Handler> Core<H> {
+    /// Starts counting an iteration's fan-out work.
+    pub(super) fn start_turn(&mut self) {
+        self.turn_work = 0;
+        self.clock_check = CLOCK_EVERY;
+        self.turn_started = std::time::Instant::now();
+    }
+
+    /// Whether this iteration has done its share of fan-out (see [`WORK_PER_TURN`]).
+    pub(super) fn turn_full(&mut self) -> bool {
+        if self.turn_work >= WORK_PER_TURN {
+            return true;
+        }
+        if self.turn_work >= self.clock_check {
+            self.clock_check = self.turn_work + CLOCK_EVERY;
+            if self.turn_started.elapsed() >= FANOUT_TIME {
+                self.turn_work = WORK_PER_TURN;
+                return true;
+            }
+        }
+        false
+    }
+
     pub(super) fn apply(&mut self, command: Command) {
         match command {
             Command::Broadcast(frame) => {
@@ -52,7 +79,7 @@ impl<H: Handler> Core<H> {
             }
             Command::Publish(batch) => {
                 for p in batch {
-                    if self.turn_work < WORK_PER_TURN && self.deferred.is_empty() {
+                    if self.deferred.is_empty() && !self.turn_full() {
                         self.deliver(&p);
                     } else {
                         // Delivered by a later iteration, still in order.
@@ -100,7 +127,7 @@ impl<H: Handler> Core<H> {
         while !self.local.outbox.is_empty() {
             let mut outbox = std::mem::take(&mut self.local.outbox);
             for p in outbox.drain(..) {
-                if self.turn_work < WORK_PER_TURN && self.deferred.is_empty() {
+                if self.deferred.is_empty() && !self.turn_full() {
                     self.deliver_everywhere(&p);
                 } else {
                     self.deferred.push_back((p, true));
@@ -126,7 +153,7 @@ impl<H: Handler> Core<H> {
 
     /// Delivers waiting publishes, oldest first, while this iteration's work allows.
     pub(super) fn drain_deferred(&mut self) {
-        while self.turn_work < WORK_PER_TURN {
+        while !self.turn_full() {
             let Some((p, here)) = self.deferred.pop_front() else { return };
             if here {
                 self.deliver_everywhere(&p);
@@ -191,9 +218,20 @@ impl<H: Handler> Core<H> {
     /// Closes (1008) the connections in `slow` and empties it.
     pub(super) fn close_slow(&mut self, slow: &mut Vec<usize>) {
         for id in slow.drain(..) {
-            self.local.counts.slow_closed += 1;
-            self.close_with(id, ringside_proto::CloseCode::POLICY, "slow consumer");
+            self.close_slow_consumer(id);
         }
+    }
+
+    /// Closes `id` with 1008 for falling behind: what it has pending is dropped (the close
+    /// frame follows what is already in flight, whole frames only) and it leaves its topics
+    /// at once, so that publishes neither queue for it nor visit it while it closes.
+    pub(super) fn close_slow_consumer(&mut self, id: usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.io.queue.drop_pending();
+        }
+        self.local.topics.unsubscribe_all(id);
+        self.local.counts.slow_closed += 1;
+        self.close_with(id, ringside_proto::CloseCode::POLICY, "slow consumer");
     }
 
     /// Sends this iteration's publishes to the other workers, one batch each.

@@ -71,8 +71,11 @@ pub(crate) struct Core<H: Handler> {
     /// Publishes past this iteration's fan-out work, in order: (publication, made here, so
     /// also for the other workers).
     deferred: VecDeque<(Publication, bool)>,
-    /// Deliveries made this iteration (see `fanout::WORK_PER_TURN`).
+    /// Deliveries made this iteration (see `fanout::WORK_PER_TURN`), when the clock is next
+    /// looked at, and when the iteration started.
     turn_work: usize,
+    clock_check: usize,
+    turn_started: Instant,
     /// Commands were left in the inbox at the last iteration.
     inbox_left: bool,
     /// The output budget was swept between commands this iteration.
@@ -147,6 +150,8 @@ impl<H: Handler> Core<H> {
             flushing: Vec::new(),
             deferred: VecDeque::new(),
             turn_work: 0,
+            clock_check: 0,
+            turn_started: Instant::now(),
             inbox_left: false,
             swept: false,
             throttled: Vec::new(),
@@ -300,7 +305,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     backend: &mut B,
     inbox: &Receiver<Command>,
 ) -> io::Result<bool> {
-    core.turn_work = 0;
+    core.start_turn();
     core.swept = false;
     core.drain_deferred();
     let timeout = core.poll_timeout();

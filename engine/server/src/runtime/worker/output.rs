@@ -16,9 +16,7 @@
 //! connection may queue more than the largest queue the sweep left alone (the budget's cap).
 
 use crossbeam_channel::Receiver;
-use ringside_proto::CloseCode;
 
-use super::fanout::WORK_PER_TURN;
 use super::Core;
 use crate::api::Handler;
 use crate::config::SlowConsumer;
@@ -45,7 +43,7 @@ impl<H: Handler> Core<H> {
     pub(super) fn take_commands(&mut self, inbox: &Receiver<Command>) {
         self.inbox_left = false;
         loop {
-            if !self.deferred.is_empty() || self.turn_work >= WORK_PER_TURN {
+            if !self.deferred.is_empty() || self.turn_full() {
                 self.inbox_left = !inbox.is_empty();
                 return;
             }
@@ -162,11 +160,7 @@ impl<H: Handler> Core<H> {
                 self.local.mark_dirty(id, &mut conn.io);
             }
             SlowConsumer::Conflate if !force => return 0,
-            _ => {
-                conn.io.queue.drop_pending();
-                self.local.counts.slow_closed += 1;
-                self.close_with(id, CloseCode::POLICY, "slow consumer");
-            }
+            _ => self.close_slow_consumer(id),
         }
         let Some(conn) = self.conns.get_mut(id) else { return before };
         let after = self.local.budget.charge(&conn.io.queue);
