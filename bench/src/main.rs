@@ -6,7 +6,9 @@
 //! - `compare`: Ringside against peers and the raw TCP echo limit (issue 4's matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
 //! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
-//! - `serve`: the echo server `idle` starts (not meant to be run by hand).
+//! - `soak`: minutes of mixed attacks beside normal clients; no normal client may lose a
+//!   message (not run in CI).
+//! - `serve`, `soak-serve`: the servers `idle` and `soak` start (not meant to be run by hand).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +22,7 @@ mod compare;
 mod fanout;
 mod procs;
 mod scale;
+mod soak;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
 use ringside_proto::handshake;
 
@@ -122,6 +125,37 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
+    /// Attacks (unfinished messages, non-reading subscribers, a pong flood, slowloris, a
+    /// publish storm) beside normal echo and fan-out clients; reports RSS and latency every
+    /// period and fails if a normal client lost a message.
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Seconds between report lines.
+        #[arg(long, default_value_t = 10)]
+        every: u64,
+        #[arg(long, value_enum, default_value = "io-uring")]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 2000)]
+        non_readers: usize,
+        #[arg(long, default_value_t = 2)]
+        publishers: usize,
+        #[arg(long, default_value_t = 20)]
+        echo_clients: usize,
+        #[arg(long, default_value_t = 20)]
+        subscribers: usize,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Run the soak's server (used by `soak`).
+    SoakServe {
+        #[arg(long, value_enum)]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
     /// Run an echo server (used by the other subcommands).
     Serve {
         #[arg(long, value_enum)]
@@ -190,6 +224,29 @@ fn main() {
     let result = match args.command {
         Cmd::Serve { backend, listen, workers } => serve(backend, listen, workers),
         Cmd::Idle { conns, backend } => idle(conns, backend),
+        Cmd::SoakServe { backend, workers } => soak::serve(backend.flag(), workers),
+        Cmd::Soak {
+            secs,
+            every,
+            backend,
+            workers,
+            non_readers,
+            publishers,
+            echo_clients,
+            subscribers,
+            out,
+        } => prepare(&out).and_then(|()| {
+            soak::main(soak::Options {
+                secs,
+                every: every.max(1),
+                backend: backend.flag().to_owned(),
+                workers: workers.max(1),
+                non_readers,
+                publishers,
+                echo_clients,
+                subscribers,
+            })
+        }),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {
                 compare::main(

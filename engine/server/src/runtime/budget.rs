@@ -46,6 +46,9 @@ pub(crate) struct Budget {
     pub trimmed_ms: u64,
     /// The most connections since then.
     pub peak_conns: usize,
+    /// Whether to give memory back with malloc_trim after a spike (`RINGSIDE_NO_MALLOC_TRIM=1`
+    /// turns it off, to measure what it does).
+    pub trim: bool,
 }
 
 impl Budget {
@@ -60,6 +63,7 @@ impl Budget {
             peak: 0,
             trimmed_ms: 0,
             peak_conns: 0,
+            trim: std::env::var_os("RINGSIDE_NO_MALLOC_TRIM").is_none_or(|v| v != "1"),
         }
     }
 

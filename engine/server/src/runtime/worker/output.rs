@@ -186,7 +186,9 @@ impl<H: Handler> Core<H> {
             budget.peak = holding;
             budget.peak_conns = conns;
             budget.trimmed_ms = now;
-            trim_heap();
+            if budget.trim {
+                trim_heap();
+            }
         }
     }
 }
