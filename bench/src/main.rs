@@ -155,6 +155,9 @@ enum Cmd {
         backend: BackendArg,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Where to write the server's counters every second.
+        #[arg(long)]
+        stats: PathBuf,
     },
     /// Run an echo server (used by the other subcommands).
     Serve {
@@ -224,7 +227,7 @@ fn main() {
     let result = match args.command {
         Cmd::Serve { backend, listen, workers } => serve(backend, listen, workers),
         Cmd::Idle { conns, backend } => idle(conns, backend),
-        Cmd::SoakServe { backend, workers } => soak::serve(backend.flag(), workers),
+        Cmd::SoakServe { backend, workers, stats } => soak::serve(backend.flag(), workers, &stats),
         Cmd::Soak {
             secs,
             every,

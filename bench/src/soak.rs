@@ -72,8 +72,9 @@ impl Handler for Soak {
     }
 }
 
-/// Runs the soak server (the `soak-serve` subcommand) until SIGTERM.
-pub fn serve(backend: &str, workers: usize) -> io::Result<()> {
+/// Runs the soak server (the `soak-serve` subcommand) until SIGTERM (which ends the process at
+/// once: the soak does not measure shutdown), writing its counters to `stats` every second.
+pub fn serve(backend: &str, workers: usize, stats: &std::path::Path) -> io::Result<()> {
     let backend = match backend {
         "epoll" => ringside::Backend::Epoll,
         _ => ringside::Backend::IoUring,
@@ -85,7 +86,28 @@ pub fn serve(backend: &str, workers: usize) -> io::Result<()> {
         .pin(false)
         .build(|| Soak)?;
     println!("listening on {}", server.local_addr());
-    server.run()
+    let handle = server.spawn()?;
+    loop {
+        sleep(Duration::from_secs(1));
+        let s = handle.stats();
+        let line = format!(
+            "{} {} {} {} {}\n",
+            s.connections, s.buffered_output, s.slow_closed, s.dropped, s.delivered
+        );
+        std::fs::write(stats, line)?;
+    }
+}
+
+/// The soak server's counters, as `serve` last wrote them: connections, bytes of buffered
+/// output, slow consumers closed.
+fn server_stats(path: &std::path::Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<u64> = text.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    (
+        v.first().copied().unwrap_or(0),
+        v.get(1).copied().unwrap_or(0),
+        v.get(2).copied().unwrap_or(0),
+    )
 }
 
 /// The soak server's settings that matter here (it runs with the defaults).
@@ -197,8 +219,10 @@ impl Ws {
                 }
                 continue;
             }
+            // A timeout leaves the buffer consumed (read first, then reset the window).
+            let n = self.stream.read(&mut self.buf)?;
             self.start = 0;
-            self.end = self.stream.read(&mut self.buf)?;
+            self.end = n;
             if self.end == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF"));
             }
@@ -251,11 +275,19 @@ fn quantiles(v: &mut [u64]) -> (f64, f64, f64) {
 /// Runs the soak and prints its report; an error if a normal client lost a message.
 pub fn main(o: Options) -> io::Result<()> {
     let bins = procs::bin_dir()?;
-    let args: Vec<String> =
-        ["soak-serve", "--backend", &o.backend, "--workers", &o.workers.to_string()]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+    let stats = std::env::temp_dir().join(format!("ringside-soak-{}.stats", std::process::id()));
+    let args: Vec<String> = [
+        "soak-serve",
+        "--backend",
+        &o.backend,
+        "--workers",
+        &o.workers.to_string(),
+        "--stats",
+        &stats.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     let cpus = format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1);
     let mut server = ServerProcess::start(&cpus, &bins.join("ringside-bench"), &args)?;
     let addr = server.addr;
@@ -326,9 +358,12 @@ pub fn main(o: Options) -> io::Result<()> {
         spawn(&mut threads, Box::new(move || slowloris(addr, 50, &seen, &stop)));
     }
     println!(
-        "{:>5} {:>8} {:>9} {:>24} {:>24} {:>9} {:>8} {:>9} {:>10} {:>6}",
+        "{:>5} {:>8} {:>7} {:>9} {:>8} {:>9} {:>24} {:>24} {:>9} {:>8} {:>9} {:>10} {:>6}",
         "t s",
         "RSS MiB",
+        "conns",
+        "buffered",
+        "slow",
         "echoes",
         "echo p50/p99/max ms",
         "fresh p50/p99/max ms",
@@ -338,6 +373,7 @@ pub fn main(o: Options) -> io::Result<()> {
         "reconnects",
         "losses"
     );
+    println!("(buffered: MiB of output the server counts against its budget; slow: slow consumers closed)");
     let started = Instant::now();
     let mut peak = 0;
     let mut all_echo = Vec::new();
@@ -356,10 +392,14 @@ pub fn main(o: Options) -> io::Result<()> {
         all_fresh.extend_from_slice(&fresh);
         let (e50, e99, emax) = quantiles(&mut echo);
         let (f50, f99, fmax) = quantiles(&mut fresh);
+        let (conns, buffered, slow) = server_stats(&stats);
         println!(
-            "{:>5} {:>8.1} {:>9} {:>24} {:>24} {:>9} {:>8} {:>9} {:>10} {:>6}",
+            "{:>5} {:>8.1} {:>7} {:>9.1} {:>8} {:>9} {:>24} {:>24} {:>9} {:>8} {:>9} {:>10} {:>6}",
             started.elapsed().as_secs(),
             rss as f64 / 1048576.0,
+            conns,
+            buffered as f64 / 1048576.0,
+            slow,
             seen.echoes.load(Ordering::Relaxed),
             format!("{e50:.1}/{e99:.1}/{emax:.1}"),
             format!("{f50:.1}/{f99:.1}/{fmax:.1}"),
@@ -374,13 +414,15 @@ pub fn main(o: Options) -> io::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    // Every client gone: what does the server keep?
-    sleep(Duration::from_secs(3));
+    // Every client gone: what does the server keep once it has been quiet (it gives memory
+    // back after 3 quiet seconds)?
+    sleep(Duration::from_secs(5));
     let after = procs::rss(pid)?;
+    let _ = std::fs::remove_file(&stats);
     let (e50, e99, emax) = quantiles(&mut all_echo);
     let (f50, f99, fmax) = quantiles(&mut all_fresh);
     println!(
-        "summary: {} s; server RSS peak {:.1} MiB, {:.1} MiB 3 s after every client left; echo \
+        "summary: {} s; server RSS peak {:.1} MiB, {:.1} MiB 5 s after every client left; echo \
          round trip p50/p99/max {e50:.1}/{e99:.1}/{emax:.1} ms over {} echoes; fresh client \
          (connect, upgrade, echo) p50/p99/max {f50:.1}/{f99:.1}/{fmax:.1} ms over {}; {} \
          quiet publishes, each to {} subscribers ({} received); {} storm publishes; {} \

@@ -41,9 +41,10 @@ pub(crate) struct Budget {
     /// No sweep before this (worker clock, ms): a sweep that could not get under budget is
     /// not repeated every iteration.
     pub next_sweep_ms: u64,
-    /// The most held since memory was last given back to the system, and when that was.
+    /// The most held since memory was last given back to the system, and since when (ms) the
+    /// server has been quiet enough to give it back.
     pub peak: usize,
-    pub trimmed_ms: u64,
+    pub quiet_since_ms: Option<u64>,
     /// The most connections since then.
     pub peak_conns: usize,
     /// Whether to give memory back with malloc_trim after a spike (`RINGSIDE_NO_MALLOC_TRIM=1`
@@ -61,7 +62,7 @@ impl Budget {
             socket,
             next_sweep_ms: 0,
             peak: 0,
-            trimmed_ms: 0,
+            quiet_since_ms: None,
             peak_conns: 0,
             trim: std::env::var_os("RINGSIDE_NO_MALLOC_TRIM").is_none_or(|v| v != "1"),
         }

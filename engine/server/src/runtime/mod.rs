@@ -106,6 +106,11 @@ impl Shared {
         true
     }
 
+    /// Commands waiting in `worker`'s inbox (publishers elsewhere slow down while it is long).
+    pub(crate) fn backlog(&self, worker: usize) -> usize {
+        self.inboxes.get(worker).map_or(0, Sender::len)
+    }
+
     /// Called by `worker` right before it drains its inbox.
     pub(crate) fn woken(&self, worker: usize) {
         self.wake_pending[worker].store(false, Ordering::SeqCst);

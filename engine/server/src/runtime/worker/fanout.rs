@@ -8,8 +8,9 @@
 //! [`FANOUT_TIME`] of them, whichever comes first; a publish is never split): publishes past it
 //! wait in order in `Core::deferred` for the next iterations (the loop then polls without
 //! waiting), and a connection that publishes while some wait stops being read until they are
-//! delivered. So a publish storm cannot hold the loop away from handshakes and echoes for
-//! longer than one iteration's worth of deliveries.
+//! delivered; the same while another worker has a backlog of this one's batches. So a publish
+//! storm cannot hold the loop away from handshakes and echoes for longer than one iteration's
+//! worth of deliveries, nor pile up in a slower worker's inbox.
 
 use std::any::Any;
 
@@ -28,6 +29,8 @@ pub(super) const WORK_PER_TURN: usize = 64 << 10;
 /// once it has taken this long (checked every [`CLOCK_EVERY`] deliveries).
 const FANOUT_TIME: std::time::Duration = std::time::Duration::from_millis(5);
 const CLOCK_EVERY: usize = 4096;
+/// Commands another worker may have waiting before this one stops reading its publishers.
+const REMOTE_BACKLOG: usize = 16;
 
 impl<H: Handler> Core<H> {
     /// Starts counting an iteration's fan-out work.
@@ -127,6 +130,7 @@ impl<H: Handler> Core<H> {
         while !self.local.outbox.is_empty() {
             let mut outbox = std::mem::take(&mut self.local.outbox);
             for p in outbox.drain(..) {
+                self.published += 1;
                 if self.deferred.is_empty() && !self.turn_full() {
                     self.deliver_everywhere(&p);
                 } else {
@@ -138,6 +142,15 @@ impl<H: Handler> Core<H> {
                 self.local.outbox = outbox;
             }
         }
+    }
+
+    /// Whether another worker has more than [`REMOTE_BACKLOG`] commands waiting: this worker's
+    /// publishers then wait too, so that a worker slower at fan-out (more subscribers, more
+    /// of them stalled) does not accumulate batches without bound.
+    pub(super) fn remote_backlogged(&self) -> bool {
+        let me = usize::from(self.local.worker);
+        let shared = &self.local.shared;
+        (0..shared.workers()).any(|w| w != me && shared.backlog(w) > REMOTE_BACKLOG)
     }
 
     /// Delivers a publish made on this worker: here, and into each other worker's batch.

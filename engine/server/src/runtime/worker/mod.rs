@@ -80,8 +80,11 @@ pub(crate) struct Core<H: Handler> {
     inbox_left: bool,
     /// The output budget was swept between commands this iteration.
     swept: bool,
-    /// Connections not read while their publishes wait in `deferred`.
+    /// Connections not read while their publishes wait in `deferred` (or in other workers'
+    /// inboxes).
     throttled: Vec<usize>,
+    /// Publishes made on this worker so far.
+    published: u64,
     /// Scratch list of (charge, id) for the output budget's sweep.
     holders: Vec<(usize, usize)>,
     /// The generation given to the next accepted connection.
@@ -155,6 +158,7 @@ impl<H: Handler> Core<H> {
             inbox_left: false,
             swept: false,
             throttled: Vec::new(),
+            published: 0,
             holders: Vec::new(),
             generation: 0,
             next_sweep: 0,
@@ -237,9 +241,10 @@ impl<H: Handler> Driver for Core<H> {
             Phase::Open(_) => {
                 conn.io.last_rx = self.local.now;
                 conn.io.set(flag::IDLE_PINGED, false);
-                let waiting = self.deferred.len();
+                let (waiting, published) = (self.deferred.len(), self.published);
                 self.on_frames(id, data);
-                if self.deferred.len() > waiting && !self.throttled.contains(&id) {
+                let backlog = || self.published > published && self.remote_backlogged();
+                if (self.deferred.len() > waiting || backlog()) && !self.throttled.contains(&id) {
                     // It published past this iteration's fan-out work: read no more from it
                     // until its publishes are delivered (flush pauses it).
                     self.throttled.push(id);
@@ -277,6 +282,8 @@ impl<H: Handler> Driver for Core<H> {
             let mut conn = self.conns.remove(id);
             self.local.topics.unsubscribe_all(id);
             self.local.budget.release(&mut conn.io.queue);
+            // The id may be reused: the next connection in it has published nothing.
+            self.throttled.retain(|&t| t != id);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.local.pool);
         }
