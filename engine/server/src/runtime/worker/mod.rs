@@ -85,6 +85,9 @@ pub(crate) struct Core<H: Handler> {
     throttled: Vec<usize>,
     /// Publishes made on this worker so far.
     published: u64,
+    /// Connections whose send was in flight at the last flush: still in flight at the next
+    /// means stalled (see `budget`). Looked at without flushing them again.
+    watch: Vec<usize>,
     /// Scratch list of (charge, id) for the output budget's sweep.
     holders: Vec<(usize, usize)>,
     /// The generation given to the next accepted connection.
@@ -159,6 +162,7 @@ impl<H: Handler> Core<H> {
             swept: false,
             throttled: Vec::new(),
             published: 0,
+            watch: Vec::new(),
             holders: Vec::new(),
             generation: 0,
             next_sweep: 0,
@@ -244,9 +248,10 @@ impl<H: Handler> Driver for Core<H> {
                 let (waiting, published) = (self.deferred.len(), self.published);
                 self.on_frames(id, data);
                 let backlog = || self.published > published && self.remote_backlogged();
-                if (self.deferred.len() > waiting || backlog()) && !self.throttled.contains(&id) {
-                    // It published past this iteration's fan-out work: read no more from it
-                    // until its publishes are delivered (flush pauses it).
+                let deferred = self.deferred.len() > waiting.max(fanout::DEFER_THROTTLE);
+                if (deferred || backlog()) && !self.throttled.contains(&id) {
+                    // It published well past this iteration's fan-out work: read no more from
+                    // it until its publishes are delivered (flush pauses it).
                     self.throttled.push(id);
                 }
             }
@@ -342,6 +347,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
 fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     let high_water = core.local.settings.send_high_water;
     core.pause_throttled(backend);
+    core.look_at_watched();
     // Callbacks below (on_drain) may mark connections dirty again: those go to the next flush.
     let mut dirty = std::mem::take(&mut core.flushing);
     std::mem::swap(&mut dirty, &mut core.local.dirty);
@@ -360,7 +366,7 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
         queue.set_stalled(waited && flying);
         if flying && !waited {
             // Look again next iteration: still in flight then means stalled (see `budget`).
-            core.local.mark_dirty(id, &mut conn.io);
+            core.watch.push(id);
         }
         let queued = conn.io.queue.len();
         let over = conn.io.has(flag::OVER_HIGH_WATER);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::fanout::DEFER_THROTTLE;
 use super::Core;
 use crate::api::Handler;
 use crate::config::SlowConsumer;
@@ -72,7 +73,7 @@ impl<H: Handler> Core<H> {
         if self.throttled.is_empty() {
             return;
         }
-        let resume = self.deferred.is_empty() && !self.remote_backlogged();
+        let resume = self.deferred.len() <= DEFER_THROTTLE / 2 && !self.remote_backlogged();
         for &id in &self.throttled {
             let Some(conn) = self.conns.get(id) else { continue };
             if !resume {
@@ -84,6 +85,21 @@ impl<H: Handler> Core<H> {
         if resume {
             self.throttled.clear();
         }
+    }
+
+    /// Marks the watched connections whose send is still in flight as stalled, and recounts
+    /// their charge (the dirty ones are looked at by the flush itself).
+    pub(super) fn look_at_watched(&mut self) {
+        let mut watch = std::mem::take(&mut self.watch);
+        for id in watch.drain(..) {
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            if conn.io.has(flag::DIRTY) || conn.io.queue.in_flight().is_none() {
+                continue;
+            }
+            conn.io.queue.set_stalled(true);
+            self.local.budget.settle(&mut conn.io.queue, &mut self.local.pool);
+        }
+        self.watch = watch;
     }
 
     /// Over budget: recounts, then makes the largest holders give up what they hold (see the

@@ -188,6 +188,7 @@ fn a_publish_storm_is_spread_over_iterations_and_pauses_its_publisher() {
     }
     rig.turn();
     assert_eq!(rig.fake.reading.get(&publisher), Some(&true), "resumed once delivered");
+    assert!(rig.core.throttled.is_empty());
     for &id in &subs[..3] {
         let got = rig.received(id);
         let want: Vec<String> = (0..1_000).map(|i| i.to_string()).collect();
