@@ -249,8 +249,9 @@ each_backend! {
         drop(crowd);
         wait_until("the crowd to be gone", WAIT, || server.handle().stats().connections == 0);
         let mut after = rss();
-        // The server gives memory back once it has been quiet for 3 s.
-        let deadline = Instant::now() + Duration::from_secs(6);
+        // The server gives memory back once it has been quiet for 3 s, at most every 10 s in a
+        // process (and the other backend's run of this test may just have done so).
+        let deadline = Instant::now() + Duration::from_secs(15);
         while after > connected + (16 << 20) && Instant::now() < deadline {
             sleep(Duration::from_millis(100));
             after = rss();
