@@ -11,8 +11,10 @@
 //! - `cluster`: three broadcast nodes fanning a topic out over NATS, against one node.
 //! - `compression`: permessage-deflate off, shared and dedicated on a market-data fan-out.
 //! - `wss`: what TLS costs the server: echo and handshakes, ws against wss.
-//! - `serve`: the echo server `idle` starts, or the gateway server `gateway` starts (not meant
-//!   to be run by hand).
+//! - `soak`: minutes of mixed attacks beside normal clients; no normal client may lose a
+//!   message (not run in CI).
+//! - `serve`, `soak-serve`: the servers `idle`, `gateway` and `soak` start (not meant to be
+//!   run by hand).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -29,6 +31,7 @@ mod fanout;
 mod gateway;
 mod procs;
 mod scale;
+mod soak;
 mod wss;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
 use ringside_proto::deflate::{DeflateOffer, DeflateParams};
@@ -245,6 +248,40 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
+    /// Attacks (unfinished messages, non-reading subscribers, a pong flood, slowloris, a
+    /// publish storm) beside normal echo and fan-out clients; reports RSS and latency every
+    /// period and fails if a normal client lost a message.
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Seconds between report lines.
+        #[arg(long, default_value_t = 10)]
+        every: u64,
+        #[arg(long, value_enum, default_value = "io-uring")]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 2000)]
+        non_readers: usize,
+        #[arg(long, default_value_t = 2)]
+        publishers: usize,
+        #[arg(long, default_value_t = 20)]
+        echo_clients: usize,
+        #[arg(long, default_value_t = 20)]
+        subscribers: usize,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Run the soak's server (used by `soak`).
+    SoakServe {
+        #[arg(long, value_enum)]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Where to write the server's counters every second.
+        #[arg(long)]
+        stats: PathBuf,
+    },
     /// Run an echo server, or the gateway (used by the other subcommands).
     Serve {
         #[arg(long, value_enum)]
@@ -393,6 +430,29 @@ fn main() {
                 doc: out.doc,
             };
             wss::main(&procs::bin_dir()?, &options)
+        }),
+        Cmd::SoakServe { backend, workers, stats } => soak::serve(backend.flag(), workers, &stats),
+        Cmd::Soak {
+            secs,
+            every,
+            backend,
+            workers,
+            non_readers,
+            publishers,
+            echo_clients,
+            subscribers,
+            out,
+        } => prepare(&out).and_then(|()| {
+            soak::main(soak::Options {
+                secs,
+                every: every.max(1),
+                backend: backend.flag().to_owned(),
+                workers: workers.max(1),
+                non_readers,
+                publishers,
+                echo_clients,
+                subscribers,
+            })
         }),
         Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
             .and_then(|()| {

@@ -338,4 +338,7 @@ pub struct Stats {
     pub deflate_declined: u64,
     /// Bytes of the deflate memory budget held by open connections now, all workers.
     pub deflate_memory: u64,
+    /// Bytes of queued output held now (send queues, conflation stages, and the socket
+    /// buffers of connections whose sends wait), counted against `max_buffered_output`.
+    pub buffered_output: u64,
 }

@@ -284,6 +284,22 @@ pub struct Settings {
     /// Where to serve the Prometheus `/metrics` and the readiness `/health` (a thread of its
     /// own, plain HTTP), or none. Default none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Most bytes of queued output the whole server holds: send queues, conflation stages and
+    /// the socket send buffers of connections that stopped reading. Each worker gets an equal
+    /// share; past it, the slow-consumer policy applies to the connections holding the most
+    /// (close 1008, drop what they have pending, or for conflating subscribers stage
+    /// further publishes), and connections that still hold too much are closed. Default: a
+    /// quarter of the memory the process may use (the cgroup limit, else physical memory),
+    /// but no more than half of the kernel's TCP memory pressure threshold
+    /// (`net.ipv4.tcp_mem`), and at least 64 MiB: one publisher and a crowd of
+    /// non-readers must fit in the machine, and in the kernel's TCP memory.
+    pub max_buffered_output: usize,
+    /// SO_SNDBUF for accepted sockets (Linux doubles it); 0 leaves the kernel's default
+    /// (autotuned up to `net.ipv4.tcp_wmem`'s third value, 4 MiB on most systems). A
+    /// connection whose sends wait on a full socket buffer counts that buffer against
+    /// `max_buffered_output`. Default 128 KiB (256 KiB in the kernel): about 20 MB/s per
+    /// connection at 100 ms round trip, and at most 256 KiB of kernel memory per non-reader.
+    pub socket_send_buffer: usize,
 }
 
 impl Default for Settings {
@@ -332,8 +348,33 @@ impl Default for Settings {
             deflate_memory: 128 << 20,
             tls: None,
             metrics_listen: None,
+            max_buffered_output: default_output_budget(),
+            socket_send_buffer: 128 << 10,
         }
     }
+}
+
+/// The default of [`Settings::max_buffered_output`]: a quarter of the memory this process may
+/// use, capped at half the kernel's TCP memory pressure threshold, at least 64 MiB.
+fn default_output_budget() -> usize {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    // SAFETY: sysconf(3) takes no pointers.
+    let (pages, page) =
+        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let page = usize::try_from(page).unwrap_or(4096);
+    let mut memory = usize::try_from(pages).unwrap_or(0).saturating_mul(page);
+    if let Some(limit) =
+        read("/sys/fs/cgroup/memory.max").and_then(|s| s.trim().parse::<usize>().ok())
+    {
+        memory = if memory == 0 { limit } else { memory.min(limit) };
+    }
+    let mut budget = if memory == 0 { 1 << 30 } else { memory / 4 };
+    if let Some(pressure) = read("/proc/sys/net/ipv4/tcp_mem")
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()))
+    {
+        budget = budget.min(pressure.saturating_mul(page) / 2);
+    }
+    budget.max(64 << 20)
 }
 
 /// A setting that cannot work, found before anything starts.
@@ -444,6 +485,20 @@ impl Settings {
             let why = "must be at least 1".into();
             return err("max_connections_per_worker", "--max-connections-per-worker", why);
         }
+        if self.max_buffered_output < 1 << 20 {
+            let why = format!(
+                "{} bytes cannot hold one connection's output; use 1 MiB or more",
+                self.max_buffered_output
+            );
+            return err("max_buffered_output", "--max-buffered-output", why);
+        }
+        if self.socket_send_buffer != 0 && !(4096..=(1 << 30)).contains(&self.socket_send_buffer) {
+            let why = format!(
+                "{} is outside 4 KiB to 1 GiB (0 leaves the kernel's default)",
+                self.socket_send_buffer
+            );
+            return err("socket_send_buffer", "--socket-send-buffer", why);
+        }
         if self.max_subscriptions == 0 {
             return err("max_subscriptions", "--max-subscriptions", "must be at least 1".into());
         }
@@ -547,6 +602,15 @@ mod tests {
     }
 
     #[test]
+    fn the_default_output_budget_fits_the_machine() {
+        let budget = default_output_budget();
+        assert!(budget >= 64 << 20, "{budget}");
+        // SAFETY: sysconf(3) takes no pointers.
+        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) } as usize;
+        assert!(budget <= (pages * 4096 / 4).max(64 << 20), "{budget}");
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let base = Settings::default;
         let cases: Vec<(Settings, &str)> = vec![
@@ -568,6 +632,8 @@ mod tests {
             (Settings { recv_buffers: 0, ..base() }, "--recv-buffers"),
             (Settings { recv_buffer_size: 0, ..base() }, "--recv-buffer-size"),
             (Settings { max_connections_per_worker: 0, ..base() }, "--max-connections-per-worker"),
+            (Settings { max_buffered_output: 1000, ..base() }, "--max-buffered-output"),
+            (Settings { socket_send_buffer: 100, ..base() }, "--socket-send-buffer"),
             (Settings { subprotocols: vec!["a b".into()], ..base() }, "--subprotocols"),
             (Settings { health_path: Some("health".into()), ..base() }, "--health-path"),
             (Settings { proxy_protocol: ProxyProtocol::Optional, ..base() }, "--proxy-protocol"),

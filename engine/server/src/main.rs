@@ -117,6 +117,15 @@ struct Args {
     /// Most pings and pongs per connection per second (close 1008 beyond); 0: no limit.
     #[arg(long, default_value_t = 1000)]
     max_control_rate: u32,
+    /// Most bytes of queued output the server holds (send queues, conflation stages, socket
+    /// buffers of connections that stopped reading), shared equally by the workers; past it
+    /// the largest holders get their slow-consumer policy. Default: a quarter of the memory
+    /// (cgroup limit or physical), at most half of net.ipv4.tcp_mem's pressure threshold.
+    #[arg(long)]
+    max_buffered_output: Option<usize>,
+    /// SO_SNDBUF of accepted sockets, bytes (the kernel doubles it); 0: the kernel's default.
+    #[arg(long, default_value_t = 128 << 10)]
+    socket_send_buffer: usize,
     /// Share the port with other processes already listening on it (SO_REUSEPORT); without
     /// it, a port in use is an error.
     #[arg(long)]
@@ -383,6 +392,10 @@ fn run(args: Args) -> io::Result<()> {
         read_budget_frames: args.read_budget_frames,
         read_budget_bytes: args.read_budget_bytes,
         max_control_rate: args.max_control_rate,
+        max_buffered_output: args
+            .max_buffered_output
+            .unwrap_or_else(|| Settings::default().max_buffered_output),
+        socket_send_buffer: args.socket_send_buffer,
         reuse_port: args.reuse_port,
         health_path: (!args.health_path.is_empty()).then(|| args.health_path.clone()),
         trusted_proxies: args.trusted_proxies.clone(),
@@ -436,7 +449,7 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     tracing::info!(
         "app {app}, backend {backend}, {workers} worker(s), {}, pinning {}, \
          max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
-         deflate {:?}, open-file limit {fd_limit}",
+         deflate {:?}, output budget {} B, socket send buffer {} B, open-file limit {fd_limit}",
         if s.tls.is_some() { "TLS (wss)" } else { "plain ws" },
         if s.pin { "on" } else { "off" },
         s.max_message_size,
@@ -445,6 +458,8 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         s.slow_consumer,
         s.idle_timeout.as_secs(),
         s.deflate,
+        s.max_buffered_output,
+        s.socket_send_buffer,
     );
     if !s.trusted_proxies.is_empty() || s.proxy_protocol != ProxyProtocol::Off {
         let headers: Vec<&str> = s.forwarded_headers.iter().map(|h| h.name()).collect();
@@ -508,7 +523,8 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
             eprintln!(
                 "ringside: metrics: connections {}, delivered {}, dropped {}, conflated {}, \
                  slow consumers closed {}, bus gaps {} (lost {}), compressed shared {}, \
-                 compressed per connection {}, deflate declined {}, deflate memory {} B",
+                 compressed per connection {}, deflate declined {}, deflate memory {} B, \
+                 buffered output {} B",
                 m.connections,
                 m.delivered,
                 m.dropped,
@@ -519,7 +535,8 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
                 m.compressed_shared,
                 m.compressed_per_conn,
                 m.deflate_declined,
-                m.deflate_memory
+                m.deflate_memory,
+                m.buffered_output
             );
         }
     }

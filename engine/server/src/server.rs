@@ -124,6 +124,10 @@ impl Builder {
         deflate_threshold: usize,
         /// Per-worker budget for deflate state held between messages, bytes.
         deflate_memory: usize,
+        /// Most bytes of queued output the server holds (each worker gets an equal share).
+        max_buffered_output: usize,
+        /// SO_SNDBUF of accepted sockets (0: the kernel's default).
+        socket_send_buffer: usize,
     }
 
     /// Answers `200 ok` to a plain GET of `path` (a load balancer's health check).

@@ -14,6 +14,7 @@ use ringside_proto::frame::{self, OpCode};
 use ringside_proto::{CloseCode, Message};
 use slab::Slab;
 
+use super::budget::Budget;
 use super::conn::{flag, App, Conn, Io, Phase};
 use super::deflate::WorkerDeflate;
 use super::pubsub::{Publication, SubscribeError, Topics};
@@ -35,6 +36,8 @@ pub(crate) struct Local {
     pub dirty: Vec<usize>,
     /// Spare send queues, so idle connections hold none.
     pub pool: Pool,
+    /// Queued output held, against this worker's share of `max_buffered_output`.
+    pub budget: Budget,
     /// This worker's topics and subscriptions.
     pub topics: Topics,
     /// Publishes made in handler callbacks, delivered when the callback returns.
@@ -135,7 +138,9 @@ impl Local {
         frame: Frame<'_>,
     ) -> SendStatus {
         let len = frame.len();
-        match self.send_policy().verdict(io.queue.len(), len) {
+        let mut policy = self.send_policy();
+        policy.limit = self.budget.limit_for(&io.queue, policy.limit);
+        match policy.verdict(io.queue.len(), len) {
             Verdict::Queue => {}
             Verdict::Drop => {
                 self.counts.dropped += 1;
@@ -156,6 +161,7 @@ impl Local {
             Frame::Parts(header, payload) => io.queue.push_frame(&mut self.pool, header, payload),
             Frame::Shared(bytes) => io.queue.push_published(&mut self.pool, bytes),
         }
+        self.budget.pushed += len;
         self.mark_dirty(slot, io);
         if io.queue.len() > self.settings.send_high_water {
             SendStatus::Backpressure

@@ -3,6 +3,7 @@
 //! the shutdown flag, their wakers and their command channels.
 
 pub(crate) mod backend;
+pub(crate) mod budget;
 pub(crate) mod cluster;
 pub(crate) mod conn;
 pub(crate) mod deflate;
@@ -85,6 +86,7 @@ pub(crate) struct WorkerStats {
     pub compressed_per_conn: AtomicU64,
     pub deflate_declined: AtomicU64,
     pub deflate_memory: AtomicU64,
+    pub buffered_output: AtomicU64,
 }
 
 /// What all workers and handles share.
@@ -131,6 +133,11 @@ impl Shared {
         true
     }
 
+    /// Commands waiting in `worker`'s inbox (publishers elsewhere slow down while it is long).
+    pub(crate) fn backlog(&self, worker: usize) -> usize {
+        self.inboxes.get(worker).map_or(0, Sender::len)
+    }
+
     /// Called by `worker` right before it drains its inbox.
     pub(crate) fn woken(&self, worker: usize) {
         self.wake_pending[worker].store(false, Ordering::SeqCst);
@@ -160,6 +167,7 @@ impl Shared {
             total.compressed_per_conn += w.compressed_per_conn.load(Ordering::Relaxed);
             total.deflate_declined += w.deflate_declined.load(Ordering::Relaxed);
             total.deflate_memory += w.deflate_memory.load(Ordering::Relaxed);
+            total.buffered_output += w.buffered_output.load(Ordering::Relaxed);
         }
         total.bus_gaps = self.bus_gaps.load(Ordering::Relaxed);
         total.bus_lost = self.bus_lost.load(Ordering::Relaxed);
@@ -255,7 +263,7 @@ pub(crate) fn prepare(settings: Settings) -> Result<Prepared, crate::Error> {
         refuse_if_in_use(addr)?;
     }
     for _ in 0..workers {
-        let listener = bind(addr)?;
+        let listener = bind(addr, settings.socket_send_buffer)?;
         // With port 0 the first bind picks the port; the others share it.
         addr = listener.local_addr()?;
         listeners.push(listener);
@@ -291,8 +299,13 @@ fn refuse_if_in_use(addr: SocketAddr) -> io::Result<()> {
     })
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening socket. Accepted sockets inherit its SO_SNDBUF (`send_buffer`, 0: the kernel's
+/// default) on every kernel; the backends set it again per connection.
+fn bind(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if send_buffer != 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -381,7 +394,7 @@ where
                     Kind::Epoll => {
                         let mut backend =
                             match Epoll::new(listener, waker, settings.recv_buffer_size) {
-                                Ok(b) => b,
+                                Ok(b) => b.with_send_buffer(settings.socket_send_buffer),
                                 Err(e) => {
                                     let _ =
                                         ready.send(Err(io::Error::new(e.kind(), e.to_string())));

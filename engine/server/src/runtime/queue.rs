@@ -13,6 +13,9 @@
 //! in one boxed [`Queue`] taken from the worker's [`Pool`] while bytes are queued: an idle
 //! connection's queue is one null pointer.
 //!
+//! Each queue knows the heap it holds ([`SendQueue::footprint`]), which the worker counts
+//! against its output budget (see `budget`).
+//!
 //! What it does not do: decide when to send (the worker flushes once per iteration), or apply
 //! limits (the worker checks [`SendQueue::len`] before queuing).
 
@@ -25,9 +28,13 @@ const IOV_MAX: usize = 1024;
 /// Shared frames up to this size are copied into the owned buffer instead of queued by
 /// reference (see [`SendQueue::push_published`]).
 pub const COPY_SHARED_MAX: usize = 512;
-/// Queues kept for reuse per worker, and the largest owned buffer kept with one.
+/// Queues kept for reuse per worker, and the largest owned buffer kept with one. A spare with
+/// larger buffers is kept without them. Spares unused for a trim period are freed (see
+/// [`Pool::trim`]), so the pool holds what the worker's steady load needs, not its peak.
 const POOL_MAX: usize = 1024;
-const POOL_BUF_MAX: usize = 64 << 10;
+const POOL_BUF_MAX: usize = 16 << 10;
+/// Parts (and iovecs) kept with a pooled queue.
+const POOL_PARTS_MAX: usize = 64;
 
 /// A connection's send queue: nothing at all while idle.
 #[derive(Debug, Default)]
@@ -77,6 +84,16 @@ struct Queue {
     busy: bool,
     /// Conflated messages waiting for the connection to catch up (see [`Stage`]).
     stage: Option<Box<Stage>>,
+    /// Frames pending (what [`SendQueue::drop_pending`] reports dropped).
+    pending_frames: usize,
+    /// Bytes of shared frames held by reference, pending and in flight.
+    shared: usize,
+    fly_shared: usize,
+    /// A send was still in flight when the worker last looked: the peer's socket buffer is
+    /// full (see `budget`).
+    stalled: bool,
+    /// What the worker counts for this queue in its output budget.
+    charged: usize,
 }
 
 // SAFETY: the raw pointers in `iov` and `msg` point only into this queue's own heap buffers
@@ -112,6 +129,11 @@ impl Queue {
             fly_sent: 0,
             busy: false,
             stage: None,
+            pending_frames: 0,
+            shared: 0,
+            fly_shared: 0,
+            stalled: false,
+            charged: 0,
         }
     }
 
@@ -133,6 +155,20 @@ impl Queue {
         self.msg.msg_iov = rest.as_mut_ptr();
         self.msg.msg_iovlen = rest.len().min(IOV_MAX);
     }
+
+    /// Heap bytes this queue holds: itself, its buffers' capacity, the shared frames it keeps
+    /// alive (each counted in full, although other connections may hold them too: an upper
+    /// bound), and its stage.
+    fn heap(&self) -> usize {
+        std::mem::size_of::<Queue>()
+            + self.buf.capacity()
+            + self.fly_buf.capacity()
+            + (self.parts.capacity() + self.fly_parts.capacity()) * std::mem::size_of::<Part>()
+            + self.iov.capacity() * std::mem::size_of::<libc::iovec>()
+            + self.shared
+            + self.fly_shared
+            + self.stage.as_ref().map_or(0, |s| s.heap())
+    }
 }
 
 /// A worker's spare queues, so that queuing on an idle connection does not allocate.
@@ -141,27 +177,74 @@ pub struct Pool {
     // Boxed: a queue moves in and out of connections as a pointer, never by value.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Queue>>,
+    /// The fewest spares there were since the last trim: that many went unused.
+    low: usize,
 }
 
 impl Pool {
     fn take(&mut self) -> Box<Queue> {
-        self.spare.pop().unwrap_or_else(|| Box::new(Queue::new()))
+        let q = self.spare.pop().unwrap_or_else(|| Box::new(Queue::new()));
+        self.low = self.low.min(self.spare.len());
+        q
     }
 
     fn put(&mut self, mut q: Box<Queue>) {
-        if self.spare.len() < POOL_MAX && q.buf.capacity() <= POOL_BUF_MAX {
-            q.buf.clear();
-            q.fly_buf.clear();
-            q.parts.clear();
-            q.fly_parts.clear();
-            q.iov.clear();
-            q.stage = None;
-            q.covered = 0;
-            if q.fly_buf.capacity() > POOL_BUF_MAX {
-                q.fly_buf = Vec::new();
-            }
-            self.spare.push(q);
+        if self.spare.len() >= POOL_MAX {
+            return;
         }
+        // Keep the queue, not a spike's buffers: a connection that once queued megabytes
+        // would otherwise pin them in the pool.
+        for buf in [&mut q.buf, &mut q.fly_buf] {
+            if buf.capacity() > POOL_BUF_MAX {
+                *buf = Vec::new();
+            } else {
+                buf.clear();
+            }
+        }
+        for parts in [&mut q.parts, &mut q.fly_parts] {
+            if parts.capacity() > POOL_PARTS_MAX {
+                *parts = Vec::new();
+            } else {
+                parts.clear();
+            }
+        }
+        if q.iov.capacity() > POOL_PARTS_MAX {
+            q.iov = Vec::new();
+        } else {
+            q.iov.clear();
+        }
+        q.stage = None;
+        q.covered = 0;
+        q.pending_frames = 0;
+        q.shared = 0;
+        q.fly_shared = 0;
+        q.stalled = false;
+        q.charged = 0;
+        self.spare.push(q);
+    }
+
+    /// Frees the spares no connection needed since the last trim (the worker calls this every
+    /// sweep): after a spike, the pool shrinks back to what the load uses.
+    pub fn trim(&mut self) {
+        let unused = self.low.min(self.spare.len());
+        let keep = self.spare.len() - unused;
+        self.spare.truncate(keep);
+        self.spare.shrink_to(keep.max(16));
+        self.low = self.spare.len();
+    }
+
+    #[cfg(test)]
+    /// Heap bytes the spares hold.
+    pub fn bytes(&self) -> usize {
+        self.spare.capacity() * std::mem::size_of::<usize>()
+            + self.spare.iter().map(|q| q.heap()).sum::<usize>()
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::len_without_is_empty)]
+    /// Spare queues held.
+    pub fn len(&self) -> usize {
+        self.spare.len()
     }
 }
 
@@ -188,6 +271,7 @@ impl SendQueue {
         let q = self.q(pool);
         q.buf.extend_from_slice(bytes);
         q.pending += bytes.len();
+        q.pending_frames += 1;
     }
 
     /// Queues a frame: `header` and `payload` copied in one go.
@@ -197,6 +281,7 @@ impl SendQueue {
         q.buf.extend_from_slice(header);
         q.buf.extend_from_slice(payload);
         q.pending += header.len() + payload.len();
+        q.pending_frames += 1;
     }
 
     /// Queues a shared frame: a reference, not a copy.
@@ -207,6 +292,8 @@ impl SendQueue {
         let q = self.q(pool);
         q.cover();
         q.pending += frame.len();
+        q.pending_frames += 1;
+        q.shared += frame.len();
         q.parts.push(Part::Shared(frame));
     }
 
@@ -263,6 +350,9 @@ impl SendQueue {
         q.fly_len = q.pending;
         q.fly_sent = 0;
         q.pending = 0;
+        q.pending_frames = 0;
+        q.fly_shared = q.shared;
+        q.shared = 0;
         q.busy = true;
         q.iov.clear();
         q.iov_pos = 0;
@@ -337,6 +427,7 @@ impl SendQueue {
         q.iov.clear();
         q.fly_len = 0;
         q.fly_sent = 0;
+        q.fly_shared = 0;
         q.busy = false;
         true
     }
@@ -349,9 +440,59 @@ impl SendQueue {
             q.parts.clear();
             q.covered = 0;
             q.pending = 0;
+            q.pending_frames = 0;
+            q.shared = 0;
             q.stage = None;
         }
         self.complete(usize::MAX);
+    }
+
+    /// Drops what is pending and staged, keeping what is in flight (the kernel may hold it, and
+    /// a frame in it may be partly sent): whole frames only, so the stream stays valid. Frees
+    /// the pending buffers. Returns the frames dropped (the output budget's drop policy).
+    pub fn drop_pending(&mut self) -> usize {
+        let Some(q) = self.q.as_deref_mut() else { return 0 };
+        let frames = q.pending_frames + q.stage.as_ref().map_or(0, |s| s.index.len());
+        q.buf = Vec::new();
+        q.parts = Vec::new();
+        q.covered = 0;
+        q.pending = 0;
+        q.pending_frames = 0;
+        q.shared = 0;
+        q.stage = None;
+        frames
+    }
+
+    /// Heap bytes this queue holds (0 while idle: an idle connection holds no queue).
+    pub fn footprint(&self) -> usize {
+        self.q.as_ref().map_or(0, |q| q.heap())
+    }
+
+    /// Whether the last look found a send still in flight from an earlier loop iteration.
+    pub fn is_stalled(&self) -> bool {
+        self.q.as_ref().is_some_and(|q| q.stalled)
+    }
+
+    /// Records whether a send waits on a full socket buffer (see `budget`).
+    pub fn set_stalled(&mut self, stalled: bool) {
+        if let Some(q) = self.q.as_deref_mut() {
+            q.stalled = stalled;
+        }
+    }
+
+    /// What the worker's output budget counts for this queue now.
+    pub fn charged(&self) -> usize {
+        self.q.as_ref().map_or(0, |q| q.charged)
+    }
+
+    /// Records what the budget counts for this queue; returns what it counted before.
+    /// Only a queue that exists can be charged: `n` is dropped for an idle one (which holds
+    /// nothing).
+    pub fn set_charged(&mut self, n: usize) -> usize {
+        match self.q.as_deref_mut() {
+            Some(q) => std::mem::replace(&mut q.charged, n),
+            None => 0,
+        }
     }
 
     /// Gives the queue back to the pool when it holds nothing.
@@ -419,9 +560,15 @@ impl SendQueue {
 
 /// Conflated messages of one connection: the latest frame per (topic, key), in the order their
 /// latest versions were published.
+///
+/// Memory is bounded by the number of keys: a slot emptied by a newer version of its key is
+/// reused when it is the newest slot (one key published flat out holds one slot), and the
+/// order is compacted once empty slots outnumber the live ones, so that it never holds more
+/// than about twice as many slots as keys, however long the subscriber stays behind.
 #[derive(Debug, Default)]
 struct Stage {
-    /// Slots in publish order; a replaced message leaves an empty slot behind.
+    /// Slots in publish order; a replaced message leaves an empty slot behind until the next
+    /// compaction.
     order: VecDeque<Option<((u32, u64), Bytes)>>,
     /// Sequence number of `order[0]`.
     head: u64,
@@ -431,22 +578,59 @@ struct Stage {
     len: usize,
 }
 
+/// Empty slots tolerated beyond the number of live ones before the order is compacted.
+const STAGE_SLACK: usize = 16;
+
 impl Stage {
     fn put(&mut self, key: (u32, u64), frame: Bytes) -> bool {
-        let seq = self.head + self.order.len() as u64;
         self.len += frame.len();
-        let replaced = match self.index.insert(key, seq) {
-            Some(old) => {
-                let slot = &mut self.order[(old - self.head) as usize];
-                if let Some((_, old)) = slot.take() {
+        let newest = self.head + self.order.len() as u64;
+        let replaced = match self.index.get(&key) {
+            Some(&old) => {
+                let at = (old - self.head) as usize;
+                if let Some((_, old)) = self.order[at].take() {
                     self.len -= old.len();
+                }
+                if old + 1 == newest {
+                    // Already the newest slot: replacing it in place keeps the publish order.
+                    self.order[at] = Some((key, frame));
+                    return true;
                 }
                 true
             }
             None => false,
         };
+        self.index.insert(key, newest);
         self.order.push_back(Some((key, frame)));
+        self.skip_empty();
+        if self.order.len() > 2 * self.index.len() + STAGE_SLACK {
+            self.compact();
+        }
         replaced
+    }
+
+    /// Drops the empty slots and renumbers the live ones: O(live), run once empty slots
+    /// outnumber live ones, so O(1) per `put` on average.
+    fn compact(&mut self) {
+        self.order.retain(Option::is_some);
+        self.head = 0;
+        for (seq, slot) in self.order.iter().enumerate() {
+            if let Some((key, _)) = slot {
+                self.index.insert(*key, seq as u64);
+            }
+        }
+        let live = self.order.len();
+        if self.order.capacity() > 4 * live + 4 * STAGE_SLACK {
+            self.order.shrink_to(2 * live + STAGE_SLACK);
+        }
+    }
+
+    /// Heap bytes held: the slots, the index and the staged frames.
+    fn heap(&self) -> usize {
+        std::mem::size_of::<Stage>()
+            + self.order.capacity() * std::mem::size_of::<Option<((u32, u64), Bytes)>>()
+            + self.index.capacity() * (std::mem::size_of::<((u32, u64), u64)>() + 1)
+            + self.len
     }
 
     fn skip_empty(&mut self) {
@@ -480,6 +664,9 @@ impl Stage {
             }
         }
         self.skip_empty();
+        if self.order.len() > 2 * self.index.len() + STAGE_SLACK {
+            self.compact();
+        }
     }
 }
 
@@ -681,5 +868,84 @@ mod tests {
         assert_eq!(q.unstage(&mut pool, 25), 1);
         assert_eq!(q.len(), 20);
         assert_eq!(q.staged_len(), 10);
+    }
+    #[test]
+    fn a_key_staged_forever_holds_one_slot() {
+        let mut pool = Pool::default();
+        let mut q = SendQueue::default();
+        let frame = Bytes::from_static(b"price 1.23456");
+        q.stage(&mut pool, (0, 0), frame.clone());
+        let after_one = q.footprint();
+        for _ in 0..200_000 {
+            assert!(q.stage(&mut pool, (0, 0), frame.clone()));
+        }
+        assert_eq!(q.footprint(), after_one, "no growth with the publish count");
+        assert_eq!(q.staged_len(), frame.len());
+    }
+
+    #[test]
+    fn interleaved_keys_stay_bounded_by_the_key_count_and_keep_publish_order() {
+        let mut pool = Pool::default();
+        let mut q = SendQueue::default();
+        let f = |k: u64, i: u64| Bytes::from(format!("{k}:{i};"));
+        // One rare key stays at the front while three others are republished behind it: the
+        // emptied slots are behind a live one, so only compaction can reclaim them.
+        q.stage(&mut pool, (0, 99), f(99, 0));
+        let mut peak = 0;
+        for i in 0..100_000u64 {
+            q.stage(&mut pool, (0, i % 3), f(i % 3, i));
+            if i == 1_000 {
+                peak = q.footprint();
+            }
+            if i > 1_000 {
+                assert!(q.footprint() <= peak + 64, "grew at {i}: {} > {peak}", q.footprint());
+            }
+        }
+        let stage = q.q.as_ref().unwrap().stage.as_ref().unwrap();
+        assert!(stage.order.len() <= 2 * 4 + STAGE_SLACK + 1, "{}", stage.order.len());
+        assert_eq!(q.unstage(&mut pool, usize::MAX), 4);
+        assert!(q.begin());
+        assert_eq!(
+            flying(&q),
+            b"99:0;1:99997;2:99998;0:99999;",
+            "latest versions, in publish order"
+        );
+    }
+
+    #[test]
+    fn dropping_pending_keeps_what_is_in_flight_and_counts_frames() {
+        let mut pool = Pool::default();
+        let mut q = SendQueue::default();
+        q.push(&mut pool, b"first");
+        assert!(q.begin());
+        q.push_frame(&mut pool, b"h", b"second");
+        q.push_shared(&mut pool, Bytes::from(vec![1u8; 600]));
+        q.stage(&mut pool, (1, 1), Bytes::from_static(b"staged"));
+        assert_eq!(q.drop_pending(), 3);
+        assert_eq!(q.len(), 5);
+        assert_eq!(q.staged_len(), 0);
+        assert_eq!(flying(&q), b"first");
+        assert!(q.complete(5));
+        assert!(!q.begin(), "nothing pending");
+    }
+
+    #[test]
+    fn the_pool_keeps_no_spike_buffers_and_frees_unused_spares() {
+        let mut pool = Pool::default();
+        let mut queues: Vec<SendQueue> = (0..100).map(|_| SendQueue::default()).collect();
+        for q in &mut queues {
+            q.push(&mut pool, &[0u8; 1 << 20]);
+            assert!(q.begin());
+            assert!(q.complete(1 << 20));
+        }
+        for q in &mut queues {
+            q.recycle(&mut pool);
+        }
+        assert_eq!(pool.len(), 100);
+        assert!(pool.bytes() < 100 * 1024, "no megabyte buffers kept: {}", pool.bytes());
+        pool.trim(); // the spike's spares were in use since the pool was made
+        assert_eq!(pool.len(), 100);
+        pool.trim(); // none was taken since the last trim
+        assert_eq!(pool.len(), 0);
     }
 }

@@ -77,6 +77,8 @@ pub struct Epoll {
     metrics: WorkerMetricsRef,
     /// Bytes written so far, stored into `metrics` once per poll (not per write).
     bytes_sent: u64,
+    /// SO_SNDBUF for accepted sockets (0: the kernel's default).
+    send_buffer: usize,
 }
 
 impl Epoll {
@@ -105,6 +107,7 @@ impl Epoll {
             accept_errors: 0,
             metrics: detached_metrics(),
             bytes_sent: 0,
+            send_buffer: 0,
         })
     }
 
@@ -112,6 +115,13 @@ impl Epoll {
     pub fn set_metrics(&mut self, metrics: WorkerMetricsRef, kind: BackendKind) {
         metrics.set_backend(kind);
         self.metrics = metrics;
+    }
+
+    /// Sets SO_SNDBUF on every accepted socket (0: leave the kernel's default), so that a
+    /// client that stops reading holds at most that much kernel memory.
+    pub fn with_send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = bytes;
+        self
     }
 
     /// accept(2) calls that failed for lack of a descriptor (EMFILE, ENFILE) or of memory
@@ -152,6 +162,9 @@ impl Epoll {
             };
             let Some(id) = driver.on_accept(Some(peer)) else { continue };
             let _ = stream.set_nodelay(true);
+            if self.send_buffer != 0 {
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer);
+            }
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 Token(id),
@@ -356,6 +369,12 @@ impl Backend for Epoll {
     }
 
     fn flush(&mut self, id: usize, queue: &mut SendQueue) {
+        let waiting = self.conns.get(id).and_then(Option::as_ref).is_some_and(|c| c.unsent);
+        if waiting && queue.in_flight().is_some() {
+            // The socket was full at the last write: EPOLLOUT writes when it has room. A write
+            // now would only say EAGAIN again, once per iteration per stalled peer.
+            return;
+        }
         self.write(id, queue);
     }
 

@@ -63,7 +63,7 @@ impl<H: Handler> Core<H> {
     }
 
     /// Drops a connection that timed out: `on_close` (1006), then a hard close.
-    fn drop_conn(&mut self, id: usize, reason: &str) {
+    pub(super) fn drop_conn(&mut self, id: usize, reason: &str) {
         self.report_close(id, CloseCode::ABNORMAL, reason);
         self.release_input(id);
         if let Some(conn) = self.conns.get_mut(id) {

@@ -24,6 +24,7 @@ mod fanout;
 mod frames;
 mod handshake;
 mod input;
+mod output;
 pub(crate) mod timers;
 mod tls;
 
@@ -32,8 +33,11 @@ mod edge_tests;
 #[cfg(test)]
 mod input_tests;
 #[cfg(test)]
+mod output_tests;
+#[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +49,7 @@ use ringside_proto::Config;
 use slab::Slab;
 
 use super::backend::{Backend, Driver, SendQueue};
+use super::budget::Budget;
 use super::conn::{flag, Conn, Phase};
 use super::deflate::{self, WorkerDeflate};
 use super::handle::{Counts, Local, WebSocket};
@@ -74,6 +79,28 @@ pub(crate) struct Core<H: Handler> {
     /// The dirty list being flushed, swapped with `local.dirty` so neither allocates per
     /// iteration.
     flushing: Vec<usize>,
+    /// Publishes past this iteration's fan-out work, in order: (publication, made here, so
+    /// also for the other workers).
+    deferred: VecDeque<(Publication, bool)>,
+    /// Deliveries made this iteration (see `fanout::WORK_PER_TURN`), when the clock is next
+    /// looked at, and when the iteration started.
+    turn_work: usize,
+    clock_check: usize,
+    turn_started: Instant,
+    /// Commands were left in the inbox at the last iteration.
+    inbox_left: bool,
+    /// The output budget was swept between commands this iteration.
+    swept: bool,
+    /// Connections not read while their publishes wait in `deferred` (or in other workers'
+    /// inboxes).
+    throttled: Vec<usize>,
+    /// Publishes made on this worker so far.
+    published: u64,
+    /// Connections whose send was in flight at the last flush: still in flight at the next
+    /// means stalled (see `budget`). Looked at without flushing them again.
+    watch: Vec<usize>,
+    /// Scratch list of (charge, id) for the output budget's sweep.
+    holders: Vec<(usize, usize)>,
     /// The generation given to the next accepted connection.
     generation: u32,
     next_sweep: u64,
@@ -115,6 +142,10 @@ impl<H: Handler> Core<H> {
             shared.bus.clone(),
         );
         let remote = (0..shared.workers()).map(|_| Vec::new()).collect();
+        let budget = Budget::new(
+            settings.max_buffered_output / shared.workers().max(1),
+            super::budget::socket_charge(settings.socket_send_buffer),
+        );
         let next_tick = settings.tick.map(|t| t.as_millis() as u64);
         let inputs = input::Inputs::new(&settings, shared.workers());
         let deflate = WorkerDeflate::new(&settings);
@@ -129,6 +160,7 @@ impl<H: Handler> Core<H> {
                 shared,
                 dirty: Vec::new(),
                 pool: Pool::default(),
+                budget,
                 topics,
                 outbox: Vec::new(),
                 touched: Vec::new(),
@@ -145,6 +177,16 @@ impl<H: Handler> Core<H> {
             remote,
             slow: Vec::new(),
             flushing: Vec::new(),
+            deferred: VecDeque::new(),
+            turn_work: 0,
+            clock_check: 0,
+            turn_started: Instant::now(),
+            inbox_left: false,
+            swept: false,
+            throttled: Vec::new(),
+            published: 0,
+            watch: Vec::new(),
+            holders: Vec::new(),
             generation: 0,
             next_sweep: 0,
             next_tick,
@@ -200,6 +242,8 @@ impl<H: Handler> Core<H> {
         m.publishes_conflated.set_total(c.conflated);
         m.slow_consumers_closed.set_total(c.slow_closed);
         m.accept_errors.set_total(c.accept_errors);
+        let buffered = self.local.budget.held + self.local.budget.pushed;
+        stats.buffered_output.store(buffered as u64, Ordering::Relaxed);
     }
 
     /// Leaks (never frees) every send queue with bytes in flight: the backend could not confirm
@@ -218,6 +262,8 @@ impl<H: Handler> Core<H> {
         if !self.local.dirty.is_empty()
             || !self.to_close.is_empty()
             || !self.inputs.throttled.is_empty()
+            || !self.deferred.is_empty()
+            || self.inbox_left
         {
             return Duration::ZERO;
         }
@@ -303,6 +349,9 @@ impl<H: Handler> Driver for Core<H> {
             let mut conn = self.conns.remove(id);
             self.local.topics.unsubscribe_all(id);
             self.local.deflate.release(id);
+            self.local.budget.release(&mut conn.io.queue);
+            // The id may be reused: the next connection in it has published nothing.
+            self.throttled.retain(|&t| t != id);
             conn.io.queue.discard();
             conn.io.queue.recycle(&mut self.local.pool);
         }
@@ -321,7 +370,15 @@ impl<H: Handler> Core<H> {
             Phase::Open(_) => {
                 conn.io.last_rx = self.local.now;
                 conn.io.set(flag::IDLE_PINGED, false);
+                let (waiting, published) = (self.deferred.len(), self.published);
                 self.on_input(id, data);
+                let backlog = || self.published > published && self.remote_backlogged();
+                let deferred = self.deferred.len() > waiting.max(fanout::DEFER_THROTTLE);
+                if (deferred || backlog()) && !self.throttled.contains(&id) {
+                    // It published well past this iteration's fan-out work: read no more from
+                    // it until its publishes are delivered (flush pauses it).
+                    self.throttled.push(id);
+                }
             }
             Phase::Done => {}
         }
@@ -357,6 +414,9 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     inbox: &Receiver<Command>,
 ) -> io::Result<bool> {
     core.inputs.turn = core.inputs.turn.wrapping_add(1);
+    core.start_turn();
+    core.swept = false;
+    core.drain_deferred();
     let timeout = core.poll_timeout();
     backend
         .poll(core, timeout)
@@ -366,9 +426,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     core.local.counts.accept_errors = backend.accept_errors();
     core.resume_input(backend);
     core.local.shared.woken(usize::from(core.local.worker));
-    while let Ok(command) = inbox.try_recv() {
-        core.apply(command);
-    }
+    core.take_commands(inbox);
     core.fire_timers();
     core.send_remote();
     flush(core, backend);
@@ -376,6 +434,7 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     if core.local.now_ms >= core.next_sweep {
         core.next_sweep = core.local.now_ms + SWEEP_MS;
         core.sweep();
+        core.give_back_memory();
     }
     core.local.metrics.loop_iteration.observe(busy.elapsed());
     if core.local.shared.is_shutting_down() {
@@ -384,16 +443,20 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     Ok(false)
 }
 
-/// Sends what each dirty connection queued this iteration, applies backpressure, closes.
+/// Sends what each dirty connection queued this iteration, applies backpressure, settles the
+/// output budget, closes.
 fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     let high_water = core.local.settings.send_high_water;
+    core.pause_throttled(backend);
+    core.look_at_watched();
     // Callbacks below (on_drain) may mark connections dirty again: those go to the next flush.
     let mut dirty = std::mem::take(&mut core.flushing);
     std::mem::swap(&mut dirty, &mut core.local.dirty);
     for id in dirty.drain(..) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
         conn.io.set(flag::DIRTY, false);
-        if conn.io.queue.has_staged() && conn.io.queue.in_flight().is_none() {
+        let waited = conn.io.queue.in_flight().is_some();
+        if conn.io.queue.has_staged() && !waited {
             // Caught up: the latest conflated messages go out with this send.
             deflate::unstage(id, conn, &mut core.local);
         }
@@ -403,8 +466,16 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
                 tls::flush(id, tls, &mut conn.io.queue, &mut core.local.pool, closing, backend)
             }
             None => {
-                backend.flush(id, &mut conn.io.queue);
-                conn.io.queue.len()
+                let queue = &mut conn.io.queue;
+                backend.flush(id, queue);
+                let flying = queue.in_flight().is_some();
+                queue.set_stalled(waited && flying);
+                if flying && !waited {
+                    // Look again next iteration: still in flight then means stalled (see
+                    // `budget`).
+                    core.watch.push(id);
+                }
+                queue.len()
             }
         };
         let over = conn.io.has(flag::OVER_HIGH_WATER);
@@ -413,16 +484,20 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
             backend.set_reading(id, false);
         } else if over && queued <= high_water {
             conn.io.set(flag::OVER_HIGH_WATER, false);
-            if !conn.io.has(flag::THROTTLED) {
+            if !conn.io.has(flag::THROTTLED) && !core.throttled.contains(&id) {
                 backend.set_reading(id, true);
             }
             core.callback(id, |h, ws| h.on_drain(ws));
         }
         if let Some(conn) = core.conns.get_mut(id) {
-            conn.io.queue.recycle(&mut core.local.pool);
+            core.local.budget.settle(&mut conn.io.queue, &mut core.local.pool);
         }
     }
     core.flushing = dirty;
+    core.local.budget.settled();
+    if core.local.budget.over() {
+        core.enforce_budget();
+    }
     for (id, hard) in std::mem::take(&mut core.to_close) {
         if !hard {
             core.seal_for_close(id, backend);

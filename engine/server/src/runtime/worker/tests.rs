@@ -32,15 +32,15 @@ pub(super) struct Fake {
     /// Bytes each connection's peer has read (what the server sent).
     pub(super) sent: HashMap<usize, Vec<u8>>,
     /// How many more bytes each peer reads before it stops reading (absent: unlimited).
-    window: HashMap<usize, usize>,
+    pub(super) window: HashMap<usize, usize>,
     /// Connections with a send that did not finish (the peer stopped reading).
-    stalled: Vec<usize>,
+    pub(super) stalled: Vec<usize>,
     pub(super) reading: HashMap<usize, bool>,
     pub(super) closed: Vec<(usize, bool)>,
     /// Ids to release at the next poll.
-    releasing: Vec<usize>,
-    accepting: bool,
-    timeouts: Vec<Duration>,
+    pub(super) releasing: Vec<usize>,
+    pub(super) accepting: bool,
+    pub(super) timeouts: Vec<Duration>,
 }
 
 pub(super) enum Ev {
@@ -179,10 +179,10 @@ impl Backend for Fake {
 pub(super) struct Rig<H: Handler> {
     pub(super) core: Core<H>,
     pub(super) fake: Fake,
-    inbox: Receiver<Command>,
-    shared: Arc<Shared>,
+    pub(super) inbox: Receiver<Command>,
+    pub(super) shared: Arc<Shared>,
     pub(super) now: u64,
-    clients: HashMap<usize, (Connection, usize)>,
+    pub(super) clients: HashMap<usize, (Connection, usize)>,
 }
 
 pub(super) fn peer(n: u8) -> SocketAddr {
@@ -296,11 +296,11 @@ impl<H: Handler> Rig<H> {
         self.data(id, &f);
     }
 
-    fn sender(&self) -> Sender {
+    pub(super) fn sender(&self) -> Sender {
         Sender::new(Arc::clone(&self.shared))
     }
 
-    fn id_of(&self, slot: usize) -> ConnId {
+    pub(super) fn id_of(&self, slot: usize) -> ConnId {
         self.core.local.id(slot, &self.core.conns[slot].io)
     }
 }

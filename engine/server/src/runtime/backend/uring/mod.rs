@@ -163,6 +163,9 @@ pub struct Uring {
     metrics: WorkerMetricsRef,
     /// Bytes the kernel took from completed sends, stored into `metrics` once per poll.
     bytes_sent: u64,
+    /// SO_SNDBUF for accepted sockets (0: the kernel's default), boxed: the socket uring_cmd
+    /// reads it when the kernel runs the command, which may be after the call that queued it.
+    send_buffer: Box<libc::c_int>,
 }
 
 /// Counters shown in `Debug`, for diagnosis.
@@ -230,6 +233,9 @@ impl Uring {
             stats: Stats::default(),
             metrics: super::epoll::detached_metrics(),
             bytes_sent: 0,
+            send_buffer: Box::new(
+                libc::c_int::try_from(settings.socket_send_buffer).unwrap_or(libc::c_int::MAX),
+            ),
         };
         this.fixed_files = setup::register_files(&this.ring, settings.max_connections_per_worker)?;
         // SAFETY: `this` owns both; its Drop unregisters the group after cancelling every
@@ -641,6 +647,11 @@ impl Uring {
         *conn = Conn { slot, gen: conn.gen, ops: 0, flags: LIVE };
         let one = (&ONE as *const libc::c_int).cast();
         self.set_option_cmd(id, libc::IPPROTO_TCP, libc::TCP_NODELAY, one, 4);
+        if *self.send_buffer != 0 {
+            // Inherited from the listener too; set again like TCP_NODELAY.
+            let size = (&*self.send_buffer as *const libc::c_int).cast();
+            self.set_option_cmd(id, libc::SOL_SOCKET, libc::SO_SNDBUF, size, 4);
+        }
         self.arm_recv(id);
     }
 
