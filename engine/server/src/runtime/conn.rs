@@ -40,6 +40,10 @@ pub(crate) struct Pending {
     pub charged: u32,
 }
 
+/// A close the handler asked for: code and reason, boxed (one pointer while there is none, the
+/// usual case: an idle connection's open box is what every connection pays for).
+pub(crate) type CloseRequest = Option<Box<(CloseCode, Box<str>)>>;
+
 /// An open connection: the protocol state, and what its handle may touch while a message
 /// borrowed from the protocol state is alive.
 #[derive(Debug)]
@@ -92,11 +96,11 @@ pub(crate) struct App<C> {
     /// pays one word for it.
     pub tcp_peer: Option<Box<SocketAddr>>,
     /// The request target when it was not plain `/` (path and query).
-    pub target: Option<Box<str>>,
+    pub target: Option<Box<String>>,
     /// Index of the chosen subprotocol in the settings (`u8::MAX`: none).
     pub protocol: u8,
     /// A close the handler asked for, applied once its callback returns.
-    pub close_request: Option<(CloseCode, Box<str>)>,
+    pub close_request: CloseRequest,
 }
 
 /// Flag bits of [`Io::flags`].

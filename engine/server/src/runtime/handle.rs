@@ -134,7 +134,7 @@ impl Local {
         &mut self,
         slot: usize,
         io: &mut Io,
-        close_request: &mut Option<(CloseCode, Box<str>)>,
+        close_request: &mut super::conn::CloseRequest,
         frame: Frame<'_>,
     ) -> SendStatus {
         let len = frame.len();
@@ -150,7 +150,7 @@ impl Local {
                 self.counts.slow_closed += 1;
                 // Queue nothing more: the close frame goes after what waits (memory stays
                 // bounded), and the close timeout drops TCP if the peer never reads it.
-                *close_request = Some((CloseCode::POLICY, "slow consumer".into()));
+                *close_request = Some(Box::new((CloseCode::POLICY, "slow consumer".into())));
                 return SendStatus::Closing;
             }
         }
@@ -240,7 +240,7 @@ impl<'a, C> WebSocket<'a, C> {
 
     /// The path of the upgrade request, without the query.
     pub fn path(&self) -> &str {
-        let target = self.app.target.as_deref().unwrap_or("/");
+        let target = self.app.target.as_deref().map_or("/", String::as_str);
         target.split_once('?').map_or(target, |(path, _)| path)
     }
 
@@ -308,7 +308,7 @@ impl<'a, C> WebSocket<'a, C> {
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         if self.open {
             self.open = false;
-            self.app.close_request = Some((code, reason.into()));
+            self.app.close_request = Some(Box::new((code, reason.into())));
         }
     }
 

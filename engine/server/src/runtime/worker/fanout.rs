@@ -121,7 +121,7 @@ impl<H: Handler> Core<H> {
                 if let Some(conn) = lookup(&mut self.conns, &mut self.local, id) {
                     if let Phase::Open(o) = &mut conn.phase {
                         if o.proto.is_open() && o.app.close_request.is_none() {
-                            o.app.close_request = Some((code, reason));
+                            o.app.close_request = Some(Box::new((code, reason)));
                         }
                     }
                     self.after_event(id.slot as usize);

@@ -105,7 +105,7 @@ impl<H: Handler> Core<H> {
         }
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Phase::Open(o) = &mut conn.phase else { return };
-        if let Some((code, reason)) = o.app.close_request.take() {
+        if let Some((code, reason)) = o.app.close_request.take().map(|r| *r) {
             if o.proto.close(code, &reason).is_ok() && conn.io.closing_since == 0 {
                 conn.io.closing_since = self.local.now | 1;
             }

@@ -119,7 +119,7 @@ impl<H: Handler> Core<H> {
                                     data,
                                     peer: client,
                                     tcp_peer: (tcp_peer != client).then(|| Box::new(tcp_peer)),
-                                    target: (target != "/").then(|| target.into()),
+                                    target: (target != "/").then(|| Box::new(target.to_owned())),
                                     protocol,
                                     close_request: None,
                                 }
