@@ -96,6 +96,10 @@ pub(crate) struct App<C> {
     /// pays one word for it.
     pub tcp_peer: Option<Box<SocketAddr>>,
     /// The request target when it was not plain `/` (path and query).
+    #[allow(
+        clippy::box_collection,
+        reason = "one pointer in the box every connection pays for, where `Box<str>` is two"
+    )]
     pub target: Option<Box<String>>,
     /// Index of the chosen subprotocol in the settings (`u8::MAX`: none).
     pub protocol: u8,
