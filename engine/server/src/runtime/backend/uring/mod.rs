@@ -17,7 +17,7 @@
 //! arrives for an id the worker has reused, and no send buffer the kernel may still read is
 //! freed.
 //!
-//! What it does not do: zero-copy send (no gain for small messages, see IO_URING_NOTES.md),
+//! What it does not do: zero-copy send (measured: no gain for 20 B - 1 KiB messages on loopback),
 //! registered buffers, SQPOLL.
 
 mod accept;
@@ -155,7 +155,8 @@ pub struct Uring {
     rearm: Vec<(u32, u32)>,
     /// Recvs that found the buffer ring empty. Re-armed after the batch, when every buffer is
     /// back in the ring, at most one per buffer: a re-arm into an empty ring fails at once,
-    /// and re-arming in the batch is the ENOBUFS storm of IO_URING_NOTES.md.
+    /// and re-arming in the batch spins on ENOBUFS (measured once: 18.5M of them, throughput
+    /// down 4x).
     starved: VecDeque<(u32, u32)>,
     released: Vec<usize>,
     stats: Stats,

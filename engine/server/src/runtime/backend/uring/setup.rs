@@ -19,7 +19,8 @@ use crate::config::Settings;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TaskRun {
     /// SINGLE_ISSUER | DEFER_TASKRUN (6.1+): completion work runs only when the worker asks for
-    /// completions, never interrupting it. The cheapest by far (see IO_URING_NOTES.md).
+    /// completions, never interrupting it. The cheapest by far (measured: 10-20% less CPU per message than
+    /// epoll at one message in flight; without these flags 25-70% more).
     Deferred,
     /// COOP_TASKRUN (5.19+): no interrupt, but work runs at any system call of the worker.
     Cooperative,
