@@ -1,5 +1,6 @@
 //! `ringside-bench compare`: Ringside (io_uring and epoll) against peer servers built on
-//! crates.io libraries and against the raw TCP echo limit, in one run, on one machine.
+//! crates.io libraries, against uWebSockets (C++, `bench/peers/uws`, built from its sources when
+//! they are given) and against the raw TCP echo limit, in one run, on one machine.
 //!
 //! Every server runs pinned to the same CPUs (`--server-cpus`, default 0), the load generator on
 //! the others (`--load-cpus`, default 1). Each cell of the matrix is the median of `--runs`
@@ -24,6 +25,8 @@ pub enum Class {
     Ringside,
     /// A WebSocket server on a crates.io library.
     Peer,
+    /// uWebSockets' echo (C++): the bar Ringside's server CPU per message is held to.
+    Uws,
     /// The raw TCP echo: no WebSocket work at all.
     Limit,
 }
@@ -33,7 +36,8 @@ pub enum Class {
 pub struct Contender {
     pub name: &'static str,
     pub class: Class,
-    bin: &'static str,
+    /// The binary: a name in the release directory, or an absolute path.
+    bin: PathBuf,
     args: Vec<String>,
     /// Replies are our own masked frames (the raw echo).
     raw: bool,
@@ -41,7 +45,7 @@ pub struct Contender {
 
 impl Contender {
     pub fn start(&self, bins: &Path, cpus: &str) -> io::Result<ServerProcess> {
-        ServerProcess::start(cpus, &bins.join(self.bin), &self.args)
+        ServerProcess::start(cpus, &bins.join(&self.bin), &self.args)
     }
 }
 
@@ -49,8 +53,9 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Every contender, each told to use `threads` threads (workers).
-pub fn contenders(threads: usize) -> Vec<Contender> {
+/// Every contender, each told to use `threads` threads (workers); uWebSockets (one thread
+/// only) when `uws` is its echo binary.
+pub fn contenders(threads: usize, uws: Option<&Path>) -> Vec<Contender> {
     let t = threads.to_string();
     let ringside = |backend: &str| {
         let mut a = strings(&["--listen", "127.0.0.1:0", "--backend", backend, "--no-pin"]);
@@ -62,57 +67,71 @@ pub fn contenders(threads: usize) -> Vec<Contender> {
         a.extend(strings(extra));
         a
     };
-    vec![
+    let mut all = vec![
         Contender {
             name: "ringside io_uring",
             class: Class::Ringside,
-            bin: "ringside",
+            bin: "ringside".into(),
             args: ringside("io-uring"),
             raw: false,
         },
         Contender {
             name: "ringside epoll",
             class: Class::Ringside,
-            bin: "ringside",
+            bin: "ringside".into(),
             args: ringside("epoll"),
             raw: false,
         },
         Contender {
             name: "tokio-tungstenite",
             class: Class::Peer,
-            bin: "peer-tungstenite",
+            bin: "peer-tungstenite".into(),
             args: peer(&[]),
             raw: false,
         },
         Contender {
             name: "fastwebsockets",
             class: Class::Peer,
-            bin: "peer-fastwebsockets",
+            bin: "peer-fastwebsockets".into(),
             args: peer(&[]),
             raw: false,
         },
         Contender {
             name: "tokio-websockets",
             class: Class::Peer,
-            bin: "peer-tokio-websockets",
+            bin: "peer-tokio-websockets".into(),
             args: peer(&[]),
             raw: false,
         },
         Contender {
             name: "raw echo epoll",
             class: Class::Limit,
-            bin: "raw-echo",
+            bin: "raw-echo".into(),
             args: strings(&["--listen", "127.0.0.1:0", "--backend", "epoll"]),
             raw: true,
         },
         Contender {
             name: "raw echo io_uring",
             class: Class::Limit,
-            bin: "raw-echo",
+            bin: "raw-echo".into(),
             args: strings(&["--listen", "127.0.0.1:0", "--backend", "io-uring"]),
             raw: true,
         },
-    ]
+    ];
+    if let Some(bin) = uws {
+        // Beside the Rust peers, before the limits: the charts keep the order.
+        all.insert(
+            5,
+            Contender {
+                name: "uWebSockets",
+                class: Class::Uws,
+                bin: bin.to_path_buf(),
+                args: strings(&["0"]),
+                raw: false,
+            },
+        );
+    }
+    all
 }
 
 /// One row of the matrix: connections, payload bytes, messages in flight per connection.
@@ -143,8 +162,9 @@ impl Row {
     }
 }
 
-/// The comparison matrix: connections x message sizes x messages in flight.
-pub const MATRIX: [Row; 8] = [
+/// The comparison matrix: connections x message sizes x messages in flight. `--rows` takes
+/// indices into it, so new rows go at the end.
+pub const MATRIX: [Row; 9] = [
     Row { conns: 10, size: 1024, inflight: 1 },
     Row { conns: 10, size: 16 << 10, inflight: 1 },
     Row { conns: 100, size: 0, inflight: 1 },
@@ -153,7 +173,12 @@ pub const MATRIX: [Row; 8] = [
     Row { conns: 500, size: 16 << 10, inflight: 1 },
     Row { conns: 10_000, size: 20, inflight: 1 },
     Row { conns: 100, size: 20, inflight: 16 },
+    Row { conns: 1000, size: 20, inflight: 1 },
 ];
+
+/// The rows of `--quick`: those the bar against uWebSockets and the raw echo names (100 x 20 B
+/// with 1 and 16 in flight, 10, 200 and 500 x 16 KiB, 1000 x 20 B).
+pub const QUICK_ROWS: [usize; 6] = [1, 3, 4, 5, 7, 8];
 
 /// How the comparison runs.
 #[derive(Debug, Clone)]
@@ -170,7 +195,25 @@ pub struct Options {
     /// Only these rows of the matrix (indices; all if empty).
     pub rows: Vec<usize>,
     pub skip_open_loop: bool,
+    /// Skip the connect rate and idle memory passes.
+    pub skip_connect_idle: bool,
+    /// uWebSockets' echo binary, or why it is not in the run.
+    pub uws: Result<PathBuf, String>,
     pub doc: PathBuf,
+}
+
+impl Options {
+    /// The uWebSockets binary to run, or why there is none (it runs one thread only).
+    fn uws(&self) -> Result<&Path, String> {
+        let bin = self.uws.as_deref().map_err(Clone::clone)?;
+        if self.server_threads != 1 {
+            return Err(format!(
+                "uWebSockets' echo peer runs one thread; this run gives servers {}",
+                self.server_threads
+            ));
+        }
+        Ok(bin)
+    }
 }
 
 /// One measured cell (medians over the runs).
@@ -308,7 +351,7 @@ fn brief(r: &Value) -> String {
 
 /// Runs everything and returns the results.
 pub fn run(o: &Options) -> Results {
-    let cs: Vec<Contender> = contenders(o.server_threads)
+    let cs: Vec<Contender> = contenders(o.server_threads, o.uws().ok())
         .into_iter()
         .filter(|c| o.only.is_empty() || o.only.iter().any(|n| c.name.contains(n.as_str())))
         .collect();
@@ -354,6 +397,12 @@ pub fn run(o: &Options) -> Results {
             res.open.push(reports.iter().map(|r| Cell::median_of(r)).collect());
         }
     }
+    if o.skip_connect_idle {
+        res.connect = vec![(f64::NAN, f64::NAN, f64::NAN); cs.len()];
+        res.idle = vec![f64::NAN; cs.len()];
+        res.failures = failures;
+        return res;
+    }
     eprintln!("connect rate");
     let reports = each_contender(&cs, o, "connect", &mut failures, |c, addr, pid| {
         (c.class != Class::Limit).then(|| {
@@ -389,6 +438,68 @@ pub fn run(o: &Options) -> Results {
         .collect();
     res.failures = failures;
     res
+}
+
+/// The bar: best Ringside server CPU per message at most this times uWebSockets'.
+const BAR_UWS: f64 = 1.00;
+/// The bar: best Ringside server CPU per message at most this times the best raw echo's.
+const BAR_RAW: f64 = 1.02;
+/// The bar: io_uring's server CPU per message at most this times epoll's.
+const BAR_BACKENDS: f64 = 1.05;
+
+/// One row measured against the bar (server CPU per message, closed loop; NaN where a side is
+/// missing from the run).
+#[derive(Debug, Clone, Copy)]
+struct AgainstBar {
+    ringside: f64,
+    uws: f64,
+    raw: f64,
+    /// Best Ringside / uWebSockets.
+    vs_uws: f64,
+    /// Best Ringside / best raw echo.
+    vs_raw: f64,
+    /// Ringside io_uring / Ringside epoll.
+    uring_vs_epoll: f64,
+    /// Best Ringside throughput / uWebSockets'.
+    tput_vs_uws: f64,
+}
+
+impl AgainstBar {
+    fn of(cells: &[Cell], res: &Results) -> AgainstBar {
+        let cpu = |i: Option<usize>| i.map_or(f64::NAN, |i| cells[i].cpu_us);
+        let ringside = best(cells, &res.classes, Class::Ringside, |c| c.cpu_us);
+        let uws = best(cells, &res.classes, Class::Uws, |c| c.cpu_us);
+        let raw = best(cells, &res.classes, Class::Limit, |c| c.cpu_us);
+        let named = |name: &str| cpu(res.names.iter().position(|n| *n == name));
+        let neg = |c: &Cell| -c.msgs_per_s;
+        let tput = |i: Option<usize>| i.map_or(f64::NAN, |i| cells[i].msgs_per_s);
+        AgainstBar {
+            ringside: cpu(ringside),
+            uws: cpu(uws),
+            raw: cpu(raw),
+            vs_uws: cpu(ringside) / cpu(uws),
+            vs_raw: cpu(ringside) / cpu(raw),
+            uring_vs_epoll: named("ringside io_uring") / named("ringside epoll"),
+            tput_vs_uws: tput(best(cells, &res.classes, Class::Ringside, neg))
+                / tput(best(cells, &res.classes, Class::Uws, neg)),
+        }
+    }
+
+    /// What this row misses of the bar, e.g. "1.08x uWS", three digits so 1.003 does not read
+    /// as 1.00.
+    fn misses(&self) -> Vec<String> {
+        let mut m = Vec::new();
+        if self.vs_uws > BAR_UWS {
+            m.push(format!("{:.3}x uWS", self.vs_uws));
+        }
+        if self.vs_raw > BAR_RAW {
+            m.push(format!("{:.3}x raw echo", self.vs_raw));
+        }
+        if self.uring_vs_epoll > BAR_BACKENDS {
+            m.push(format!("io_uring {:.3}x epoll", self.uring_vs_epoll));
+        }
+        m
+    }
 }
 
 /// Index of the best (lowest CPU per message) contender of `class` in a row.
@@ -532,6 +643,44 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
         let _ = writeln!(md, " |");
     }
     let _ = writeln!(md);
+    let bars: Vec<AgainstBar> = res.closed.iter().map(|cells| AgainstBar::of(cells, res)).collect();
+    let _ = writeln!(
+        md,
+        "### Against uWebSockets and the raw echo (server CPU per message, closed loop)\n\nThe \
+         bar: the best Ringside backend at most {BAR_UWS:.2}x uWebSockets' server CPU per \
+         message and at most {BAR_RAW:.2}x the best raw echo's on every row, io_uring at most \
+         {BAR_BACKENDS:.2}x epoll. uWebSockets {}.\n",
+        match o.uws() {
+            Ok(_) => "is its own echo example's settings without compression, one thread \
+                      (`bench/peers/uws/echo.cpp`, built from its sources by \
+                      `bench/peers/uws/build.sh`)"
+                .to_owned(),
+            Err(why) => format!("is not in this run: {why}"),
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| connections x payload | best Ringside (µs) | uWebSockets (µs) | best Ringside / uWS \
+         | best raw echo (µs) | best Ringside / best raw echo | io_uring / epoll | throughput, \
+         best Ringside / uWS | over the bar |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for (row, b) in res.rows.iter().zip(&bars) {
+        let misses = b.misses();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.label(),
+            fmt(b.ringside, 2),
+            fmt(b.uws, 2),
+            fmt(b.vs_uws, 2),
+            fmt(b.raw, 2),
+            fmt(b.vs_raw, 2),
+            fmt(b.uring_vs_epoll, 2),
+            fmt(b.tput_vs_uws, 2),
+            if misses.is_empty() { "-".to_owned() } else { format!("**{}**", misses.join(", ")) }
+        );
+    }
+    let _ = writeln!(md);
     let mut p99_worse = Vec::new();
     if !res.open.is_empty() {
         let _ = writeln!(
@@ -564,25 +713,47 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
         }
         let _ = writeln!(md);
     }
-    let _ = writeln!(md, "### Connect rate and idle memory\n");
-    header(&mut md, "", "");
-    let _ = write!(md, "| handshakes/s (connect, upgrade, close; 32 at a time) |");
-    for (h, _, _) in &res.connect {
-        let _ = write!(md, " {} |", fmt_rate(*h));
+    if !o.skip_connect_idle {
+        connect_and_idle(&mut md, res, &header);
     }
-    let _ = writeln!(md, " |");
-    let _ = write!(md, "| connect latency p50 / p99 (µs) |");
-    for (_, p50, p99) in &res.connect {
-        let _ = write!(md, " {} / {} |", fmt(*p50, 0), fmt(*p99, 0));
-    }
-    let _ = writeln!(md, " |");
-    let _ = write!(md, "| server RSS per idle connection at 10,000 (bytes) |");
-    for b in &res.idle {
-        let _ = write!(md, " {} |", fmt(*b, 0));
-    }
-    let _ = writeln!(md, " |\n");
     // The verdict against the bar.
     let _ = writeln!(md, "### Against the bar\n");
+    let over = |what: &str, pick: fn(&AgainstBar) -> f64, bar: f64| {
+        let rows: Vec<String> = res
+            .rows
+            .iter()
+            .zip(&bars)
+            .filter(|(_, b)| pick(b) > bar)
+            .map(|(row, b)| format!("{} ({:.3})", row.label(), pick(b)))
+            .collect();
+        let measured = bars.iter().filter(|b| pick(b).is_finite()).count();
+        if measured == 0 {
+            format!("- {what} (the bar: {bar:.2}): not measured in this run.")
+        } else if rows.is_empty() {
+            format!("- {what} (the bar: {bar:.2}): no row over it ({measured} rows).")
+        } else {
+            format!(
+                "- {what} (the bar: {bar:.2}): **over it on {} of {measured} rows**: {}.",
+                rows.len(),
+                rows.join(", ")
+            )
+        }
+    };
+    let _ = writeln!(
+        md,
+        "{}",
+        over("Server CPU per message, best Ringside / uWebSockets", |b| b.vs_uws, BAR_UWS)
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        over("Server CPU per message, best Ringside / best raw echo", |b| b.vs_raw, BAR_RAW)
+    );
+    let _ = writeln!(
+        md,
+        "{}",
+        over("Server CPU per message, io_uring / epoll", |b| b.uring_vs_epoll, BAR_BACKENDS)
+    );
     let g = geomean(&cpu_ratios);
     let worst = cpu_ratios.iter().copied().filter(|x| x.is_finite()).fold(f64::NAN, f64::max);
     let _ = writeln!(
@@ -663,6 +834,27 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
         }
     }
     md
+}
+
+/// The connect rate and idle memory table.
+fn connect_and_idle(md: &mut String, res: &Results, header: &dyn Fn(&mut String, &str, &str)) {
+    let _ = writeln!(md, "### Connect rate and idle memory\n");
+    header(md, "", "");
+    let _ = write!(md, "| handshakes/s (connect, upgrade, close; 32 at a time) |");
+    for (h, _, _) in &res.connect {
+        let _ = write!(md, " {} |", fmt_rate(*h));
+    }
+    let _ = writeln!(md, " |");
+    let _ = write!(md, "| connect latency p50 / p99 (µs) |");
+    for (_, p50, p99) in &res.connect {
+        let _ = write!(md, " {} / {} |", fmt(*p50, 0), fmt(*p99, 0));
+    }
+    let _ = writeln!(md, " |");
+    let _ = write!(md, "| server RSS per idle connection at 10,000 (bytes) |");
+    for b in &res.idle {
+        let _ = write!(md, " {} |", fmt(*b, 0));
+    }
+    let _ = writeln!(md, " |\n");
 }
 
 /// Runs the comparison, prints it, writes it into the doc and the charts beside it.

@@ -1,6 +1,13 @@
 //! `ringside-bench fanout`: publish-to-receive latency at a fixed publish rate, and deliveries
-//! per second at saturation, for Ringside's broadcast app (io_uring and epoll) and a peer built
-//! on tokio-tungstenite with `tokio::sync::broadcast`, in one run with the same pinning.
+//! per second at saturation, for Ringside's broadcast app (io_uring and epoll), a peer built on
+//! tokio-tungstenite with `tokio::sync::broadcast` and, when its sources are given, uWebSockets'
+//! own pub/sub (`bench/peers/uws/broadcast.cpp`, no compression), in one run with the same
+//! pinning.
+//!
+//! uWebSockets sends a subscriber at most 32 published messages per drain, so at saturation
+//! its deliveries per second say more about that cap than about its cost; the fixed-rate run,
+//! where every server delivers the same messages, is the fair comparison of server CPU per
+//! delivery and latency.
 
 use std::fmt::Write as _;
 use std::io;
@@ -25,16 +32,38 @@ pub struct Options {
     pub load_cpus: String,
     pub server_threads: usize,
     pub load_threads: usize,
+    /// uWebSockets' broadcast binary (`uws-broadcast-plain`), or why it is not in the run.
+    pub uws: Result<PathBuf, String>,
     pub doc: PathBuf,
+}
+
+impl Options {
+    /// The uWebSockets binary to run, or why there is none (it runs one thread only).
+    fn uws(&self) -> Result<&Path, String> {
+        let bin = self.uws.as_deref().map_err(Clone::clone)?;
+        if self.server_threads != 1 {
+            return Err(format!(
+                "uWebSockets' broadcast peer runs one thread; this run gives servers {}",
+                self.server_threads
+            ));
+        }
+        Ok(bin)
+    }
 }
 
 struct Fanner {
     name: &'static str,
-    bin: &'static str,
+    /// A name in the release directory, or an absolute path.
+    bin: PathBuf,
     args: Vec<String>,
 }
 
-fn fanners(threads: usize) -> Vec<Fanner> {
+/// The name uWebSockets goes by in the tables.
+const UWS: &str = "uWebSockets pub/sub";
+
+/// The servers: Ringside io_uring, epoll, the tokio-tungstenite peer, then uWebSockets (when
+/// `uws` is its binary).
+fn fanners(threads: usize, uws: Option<&Path>) -> Vec<Fanner> {
     let t = threads.to_string();
     let ringside = |backend: &str| -> Vec<String> {
         ["--listen", "127.0.0.1:0", "--app", "broadcast", "--backend", backend, "--no-pin"]
@@ -43,22 +72,30 @@ fn fanners(threads: usize) -> Vec<Fanner> {
             .map(|s| (*s).to_owned())
             .collect()
     };
-    vec![
-        Fanner { name: "ringside io_uring", bin: "ringside", args: ringside("io-uring") },
-        Fanner { name: "ringside epoll", bin: "ringside", args: ringside("epoll") },
+    let mut all = vec![
+        Fanner { name: "ringside io_uring", bin: "ringside".into(), args: ringside("io-uring") },
+        Fanner { name: "ringside epoll", bin: "ringside".into(), args: ringside("epoll") },
         Fanner {
             name: "tokio-tungstenite + broadcast",
-            bin: "peer-tungstenite",
+            bin: "peer-tungstenite".into(),
             args: ["--listen", "127.0.0.1:0", "--app", "broadcast", "--threads", &t]
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
         },
-    ]
+    ];
+    if let Some(bin) = uws {
+        all.push(Fanner {
+            name: UWS,
+            bin: bin.to_path_buf(),
+            args: vec!["0".into(), "plain".into()],
+        });
+    }
+    all
 }
 
 fn run_one(bins: &Path, f: &Fanner, o: &Options, subscribers: u64, rate: f64) -> io::Result<Value> {
-    let mut server = ServerProcess::start(&o.server_cpus, &bins.join(f.bin), &f.args)?;
+    let mut server = ServerProcess::start(&o.server_cpus, &bins.join(&f.bin), &f.args)?;
     let args: Vec<String> = [
         "fanout",
         "--url",
@@ -95,7 +132,7 @@ fn run_one(bins: &Path, f: &Fanner, o: &Options, subscribers: u64, rate: f64) ->
 /// reports[fanner][run] for one configuration, servers taking turns.
 fn measure(o: &Options, subscribers: u64, rate: f64, what: &str) -> (Vec<Vec<Value>>, Vec<String>) {
     let bins = procs::bin_dir().expect("binary directory");
-    let fs = fanners(o.server_threads);
+    let fs = fanners(o.server_threads, o.uws().ok());
     let mut reports = vec![Vec::new(); fs.len()];
     let mut failures = Vec::new();
     for run in 0..o.runs {
@@ -127,6 +164,81 @@ fn measure(o: &Options, subscribers: u64, rate: f64, what: &str) -> (Vec<Vec<Val
     (reports, failures)
 }
 
+/// Ringside's backends beside uWebSockets, fixed rate and saturation, with Ringside / uWS
+/// ratios.
+fn against_uws(
+    md: &mut String,
+    o: &Options,
+    names: &[&str],
+    fixed: &[Vec<Value>],
+    sat: &[Vec<Value>],
+) {
+    let _ = writeln!(md, "\n### Against uWebSockets\n");
+    let Some(u) = names.iter().position(|n| *n == UWS) else {
+        let why = o.uws().err().unwrap_or_default();
+        let _ = writeln!(md, "uWebSockets is not in this run: {why}.");
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "uWebSockets' own pub/sub (`ws->subscribe`, `App::publish`, no compression, one \
+         thread: `bench/peers/uws/broadcast.cpp`). At a fixed rate every server delivers the \
+         same {} deliveries/s, so server CPU per delivery and latency compare like for like. At \
+         saturation uWebSockets sends a subscriber at most 32 published messages per drain \
+         (its TopicTree), so its deliveries per second measure that cap as much as its cost.\n",
+        o.subscribers as f64 * o.rate
+    );
+    let _ = writeln!(
+        md,
+        "| server | fixed: server CPU µs / delivery | fixed: p50 / p99 (µs) | saturation: \
+         deliveries/s | saturation: server CPU µs / delivery | saturation: p99 (µs) \
+         |\n|---|---|---|---|---|---|"
+    );
+    let cell = |r: &[Value], path: &str, digits: usize| {
+        let x = m(r, path);
+        if x.is_finite() {
+            format!("{x:.digits$}")
+        } else {
+            "-".into()
+        }
+    };
+    let ratio = |i: usize, path: &str, set: &[Vec<Value>]| {
+        let x = m(&set[i], path) / m(&set[u], path);
+        if x.is_finite() {
+            format!("{x:.2}")
+        } else {
+            "-".into()
+        }
+    };
+    for (i, name) in names.iter().enumerate() {
+        if !name.starts_with("ringside") && i != u {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} / {} | {} | {} | {} |",
+            cell(&fixed[i], "server.cpu_us_per_delivery", 3),
+            cell(&fixed[i], "latency_us.p50", 0),
+            cell(&fixed[i], "latency_us.p99", 0),
+            cell(&sat[i], "deliveries_per_s", 0),
+            cell(&sat[i], "server.cpu_us_per_delivery", 3),
+            cell(&sat[i], "latency_us.p99", 0),
+        );
+    }
+    for (i, name) in names.iter().enumerate().filter(|(_, n)| n.starts_with("ringside")) {
+        let _ = writeln!(
+            md,
+            "| {name} / uWS | {} | {} / {} | {} | {} | {} |",
+            ratio(i, "server.cpu_us_per_delivery", fixed),
+            ratio(i, "latency_us.p50", fixed),
+            ratio(i, "latency_us.p99", fixed),
+            ratio(i, "deliveries_per_s", sat),
+            ratio(i, "server.cpu_us_per_delivery", sat),
+            ratio(i, "latency_us.p99", sat),
+        );
+    }
+}
+
 fn m(reports: &[Value], path: &str) -> f64 {
     median(&reports.iter().map(|r| num(r, path)).collect::<Vec<_>>())
 }
@@ -144,7 +256,7 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
     eprintln!("fan-out saturation: {} subscribers", o.saturation_subscribers);
     let (sat, f2) = measure(&o, o.saturation_subscribers, 0.0, "saturation");
     failures.extend(f2);
-    let names: Vec<&str> = fanners(o.server_threads).iter().map(|f| f.name).collect();
+    let names: Vec<&str> = fanners(o.server_threads, o.uws().ok()).iter().map(|f| f.name).collect();
     let mut md = String::new();
     let _ = writeln!(md, "## Fan-out\n");
     let _ = writeln!(
@@ -221,6 +333,7 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
          deliveries/s.",
         best / rates[2]
     );
+    against_uws(&mut md, &o, &names, &fixed, &sat);
     if !failures.is_empty() {
         let _ = writeln!(md, "\nRuns that failed (not in the medians):\n");
         for f in &failures {

@@ -3,9 +3,11 @@
 //! - `idle`: userland memory per idle connection. Starts a Ringside echo server in a child
 //!   process (this binary, `serve` subcommand), warms it up, opens N idle WebSocket connections
 //!   and reports the server's RSS growth per connection, at N/2 and at N.
-//! - `compare`: Ringside against peers and the raw TCP echo limit (the comparison matrix).
+//! - `compare`: Ringside against peers, uWebSockets and the raw TCP echo limit (the comparison
+//!   matrix).
 //! - `scale`: one Ringside process holding 200,000 connections.
-//! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+//! - `fanout`: the broadcast app against tokio-tungstenite + tokio::sync::broadcast and
+//!   uWebSockets' pub/sub.
 //! - `gateway`: the order-entry shape (orders to an engine thread, acks back through `Sender`)
 //!   against plain echo and against tokio-tungstenite with mpsc channels.
 //! - `cluster`: three broadcast nodes fanning a topic out over NATS, against one node.
@@ -32,6 +34,7 @@ mod gateway;
 mod procs;
 mod scale;
 mod soak;
+mod uws;
 mod wss;
 use ringside::{Handler, Message, Server, WebSocket, Workers};
 use ringside_proto::deflate::{DeflateOffer, DeflateParams};
@@ -61,8 +64,9 @@ enum Cmd {
         #[arg(long, value_enum)]
         deflate: Option<DeflateArg>,
     },
-    /// Ringside against peer servers and the raw TCP echo limit: the whole matrix, open loop at
-    /// equal load, connect rate, idle memory; writes docs/benchmarks.md and SVG charts.
+    /// Ringside against peer servers, uWebSockets (with --uws-src) and the raw TCP echo limit:
+    /// the whole matrix, open loop at equal load, connect rate, idle memory; writes
+    /// docs/benchmarks.md and SVG charts.
     Compare {
         /// Runs per cell (servers alternate); the median is reported.
         #[arg(long, default_value_t = 3)]
@@ -78,12 +82,23 @@ enum Cmd {
         /// Only contenders whose name contains one of these (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
-        /// Only these rows of the matrix (0-based, comma-separated).
+        /// Only these rows of the matrix (0-based, comma-separated): 0: 10 x 1 KiB, 1: 10 x 16
+        /// KiB, 2: 100 x 0 B, 3: 100 x 20 B, 4: 200 x 16 KiB, 5: 500 x 16 KiB, 6: 10,000 x 20
+        /// B, 7: 100 x 20 B with 16 in flight, 8: 1000 x 20 B.
         #[arg(long, value_delimiter = ',')]
         rows: Vec<usize>,
         /// Skip the open-loop pass.
         #[arg(long)]
         no_open_loop: bool,
+        /// Skip the connect rate and idle memory passes.
+        #[arg(long)]
+        no_connect_idle: bool,
+        /// A quick run: the rows the bar against uWebSockets names (1, 3, 4, 5, 7, 8 unless
+        /// --rows says otherwise), closed loop only (no open loop, connect rate or idle memory).
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        uws: UwsSrc,
         #[command(flatten)]
         out: Out,
     },
@@ -118,7 +133,8 @@ enum Cmd {
         #[command(flatten)]
         out: Out,
     },
-    /// Fan-out: Ringside's broadcast app against tokio-tungstenite + tokio::sync::broadcast.
+    /// Fan-out: Ringside's broadcast app against tokio-tungstenite + tokio::sync::broadcast
+    /// and (with --uws-src) uWebSockets' pub/sub.
     Fanout {
         #[arg(long, default_value_t = 10_000)]
         subscribers: u64,
@@ -139,6 +155,8 @@ enum Cmd {
         runs: usize,
         #[command(flatten)]
         cpus: Cpus,
+        #[command(flatten)]
+        uws: UwsSrc,
         #[command(flatten)]
         out: Out,
     },
@@ -332,6 +350,34 @@ struct Cpus {
     load_threads: usize,
 }
 
+/// Where uWebSockets' sources are, for the benchmarks that build its peers.
+#[derive(Debug, clap::Args)]
+struct UwsSrc {
+    /// uWebSockets' sources: a tarball (or a directory) holding `uWebSockets/` and the
+    /// `uSockets/` it pins; its peers (bench/peers/uws) are built from them with g++ into
+    /// `uws/` beside the release binaries (g++ installed with apt-get when missing). Default:
+    /// $RINGSIDE_UWS_SRC; without either the run goes on without uWebSockets and says so.
+    #[arg(long)]
+    uws_src: Option<PathBuf>,
+    /// Leave uWebSockets out.
+    #[arg(long)]
+    no_uws: bool,
+}
+
+impl UwsSrc {
+    /// The peer's binary, built if needed, or why it is not in the run.
+    fn prepare(&self, peer: uws::Peer) -> Result<PathBuf, String> {
+        if self.no_uws {
+            return Err("left out (--no-uws)".into());
+        }
+        let result = uws::prepare(self.uws_src.as_deref(), peer);
+        if let Err(why) = &result {
+            eprintln!("running without uWebSockets: {why}");
+        }
+        result
+    }
+}
+
 /// Where results go.
 #[derive(Debug, clap::Args)]
 struct Out {
@@ -454,25 +500,41 @@ fn main() {
                 subscribers,
             })
         }),
-        Cmd::Compare { runs, secs, warmup, cpus, only, rows, no_open_loop, out } => prepare(&out)
-            .and_then(|()| {
-                compare::main(
-                    compare::Options {
-                        runs: runs.max(1),
-                        warmup,
-                        secs,
-                        server_cpus: cpus.server_cpus,
-                        load_cpus: cpus.load_cpus,
-                        server_threads: cpus.server_threads,
-                        load_threads: cpus.load_threads,
-                        only,
-                        rows,
-                        skip_open_loop: no_open_loop,
-                        doc: out.doc,
-                    },
-                    &command_line(),
-                )
-            }),
+        Cmd::Compare {
+            runs,
+            secs,
+            warmup,
+            cpus,
+            only,
+            mut rows,
+            no_open_loop,
+            no_connect_idle,
+            quick,
+            uws: uws_src,
+            out,
+        } => prepare(&out).and_then(|()| {
+            if quick && rows.is_empty() {
+                rows = compare::QUICK_ROWS.to_vec();
+            }
+            compare::main(
+                compare::Options {
+                    runs: runs.max(1),
+                    warmup,
+                    secs,
+                    server_cpus: cpus.server_cpus,
+                    load_cpus: cpus.load_cpus,
+                    server_threads: cpus.server_threads,
+                    load_threads: cpus.load_threads,
+                    only,
+                    rows,
+                    skip_open_loop: no_open_loop || quick,
+                    skip_connect_idle: no_connect_idle || quick,
+                    uws: uws_src.prepare(uws::Peer::Echo),
+                    doc: out.doc,
+                },
+                &command_line(),
+            )
+        }),
         Cmd::Scale {
             conns,
             workers,
@@ -514,6 +576,7 @@ fn main() {
             window,
             runs,
             cpus,
+            uws: uws_src,
             out,
         } => prepare(&out).and_then(|()| {
             fanout::main(
@@ -529,6 +592,7 @@ fn main() {
                     load_cpus: cpus.load_cpus,
                     server_threads: cpus.server_threads,
                     load_threads: cpus.load_threads,
+                    uws: uws_src.prepare(uws::Peer::BroadcastPlain),
                     doc: out.doc,
                 },
                 &command_line(),

@@ -21,16 +21,48 @@ pub fn bin_dir() -> io::Result<PathBuf> {
 /// printing cargo's output.
 pub fn build_release() -> io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    eprintln!("building release binaries: ringside, ringside-load, the peers");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The `ringside` binary is looked up by name: whichever package holds it gets built.
+    let server = package_of_binary(&cargo, &root, "ringside")?;
+    eprintln!("building release binaries: ringside ({server}), ringside-load, the peers");
+    let status = Command::new(&cargo)
         .current_dir(root)
-        .args(["build", "--release", "-p", "ringside", "-p", "ringside-loadgen"])
+        .args(["build", "--release", "-p", &server, "-p", "ringside-loadgen"])
         .args(["-p", "ringside-peers", "-p", "ringside-bench"])
         .status()?;
     if !status.success() {
         return Err(io::Error::other(format!("cargo build --release failed: {status}")));
     }
     Ok(())
+}
+
+/// The workspace package with a binary target named `bin` (from `cargo metadata`).
+fn package_of_binary(cargo: &str, root: &Path, bin: &str) -> io::Result<String> {
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("cargo metadata failed: {}", out.status)));
+    }
+    let meta: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| io::Error::other(format!("cargo metadata printed no JSON: {e}")))?;
+    binary_package(&meta, bin)
+        .ok_or_else(|| io::Error::other(format!("no workspace package has a binary named `{bin}`")))
+}
+
+/// The name of the package in `cargo metadata` output `meta` with a `bin` target named `bin`.
+fn binary_package(meta: &Value, bin: &str) -> Option<String> {
+    meta.get("packages")?.as_array()?.iter().find_map(|p| {
+        let has = p.get("targets")?.as_array()?.iter().any(|t| {
+            t.get("name").and_then(Value::as_str) == Some(bin)
+                && t.get("kind")
+                    .and_then(Value::as_array)
+                    .is_some_and(|k| k.iter().any(|k| k.as_str() == Some("bin")))
+        });
+        has.then(|| p.get("name")?.as_str().map(str::to_owned)).flatten()
+    })
 }
 
 /// A server process under test: started pinned, stopped (SIGTERM, then SIGKILL) on drop.
@@ -279,6 +311,29 @@ mod tests {
         let doc = std::fs::read_to_string(&path).unwrap();
         assert_eq!(doc, "# Title\n\ntext\n\n<!-- x:begin -->\ntwo\n<!-- x:end -->\n");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_package_of_a_binary_is_found_by_the_binary_name() {
+        let meta: Value = serde_json::from_str(
+            r#"{"packages":[
+                {"name":"ringside","targets":[{"name":"ringside","kind":["lib"]}]},
+                {"name":"ringside-cli","targets":[{"name":"ringside","kind":["bin"]}]},
+                {"name":"ringside-loadgen","targets":[{"name":"ringside-load","kind":["bin"]}]}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(binary_package(&meta, "ringside").as_deref(), Some("ringside-cli"));
+        assert_eq!(binary_package(&meta, "ringside-load").as_deref(), Some("ringside-loadgen"));
+        assert_eq!(binary_package(&meta, "nothing"), None);
+    }
+
+    #[test]
+    fn the_workspace_has_the_ringside_binary() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let package = package_of_binary(&cargo, &root, "ringside").unwrap();
+        assert!(package.starts_with("ringside"), "{package}");
     }
 
     #[test]

@@ -1,12 +1,17 @@
 // uWebSockets speaking the fan-out protocol of `ringside-load fanout` (docs/broadcast.md):
 // `sub <topic>` answered `ok sub <topic>`, `pub <topic> <payload>` delivered to every
 // subscriber of the topic, the publisher included. permessage-deflate with uWS's
-// SHARED_COMPRESSOR, the setting comparable to Ringside's `--deflate shared`.
+// SHARED_COMPRESSOR, the setting comparable to Ringside's `--deflate shared`, unless `plain`.
 //
-// Usage: uws-broadcast PORT [prepared]
+// Usage: uws-broadcast PORT [prepared | plain]
 //   PORT 0 picks a free one; the line "listening on 127.0.0.1:PORT" says which.
 //   prepared: publish with Loop::prepareMessage + App::publishPrepared (compressed once per
 //   publish); without it, App::publish(..., compress = true) (compressed per subscriber).
+//   plain: no compression offered or used (App::publish(..., compress = false)), the setting
+//   comparable to Ringside's broadcast app without `--deflate`.
+//
+// Built with -DUWS_NO_ZLIB (no zlib needed), uWS disables compression whatever the mode, so
+// such a build only serves `plain` (build.sh names it uws-broadcast-plain).
 #include "App.h"
 
 #include <cstdio>
@@ -19,18 +24,19 @@ struct PerSocketData {};
 int main(int argc, char **argv) {
     int port = argc > 1 ? std::atoi(argv[1]) : 0;
     bool prepared = argc > 2 && std::strcmp(argv[2], "prepared") == 0;
+    bool plain = argc > 2 && std::strcmp(argv[2], "plain") == 0;
     uWS::App *app = nullptr;
     uWS::App server;
     app = &server;
     server.ws<PerSocketData>("/*", {
-        .compression = uWS::SHARED_COMPRESSOR,
+        .compression = plain ? uWS::DISABLED : uWS::SHARED_COMPRESSOR,
         .maxPayloadLength = 16 * 1024 * 1024,
         .idleTimeout = 0,
         .maxBackpressure = 16 * 1024 * 1024,
         .closeOnBackpressureLimit = false,
         .resetIdleTimeoutOnSend = false,
         .sendPingsAutomatically = false,
-        .message = [&app, prepared](auto *ws, std::string_view message, uWS::OpCode) {
+        .message = [&app, prepared, plain](auto *ws, std::string_view message, uWS::OpCode) {
             if (message.substr(0, 4) == "sub ") {
                 std::string_view topic = message.substr(4);
                 ws->subscribe(topic);
@@ -51,7 +57,7 @@ int main(int argc, char **argv) {
                         uWS::Loop::get()->prepareMessage(payload, uWS::OpCode::TEXT, true);
                     app->publishPrepared(topic, m);
                 } else {
-                    app->publish(topic, payload, uWS::OpCode::TEXT, true);
+                    app->publish(topic, payload, uWS::OpCode::TEXT, !plain);
                 }
             } else {
                 ws->send("error unknown command", uWS::OpCode::TEXT);
