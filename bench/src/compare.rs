@@ -887,3 +887,87 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
     eprintln!("wrote {} and {}", o.doc.display(), img.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(cpu_us: f64, msgs_per_s: f64) -> Cell {
+        Cell { cpu_us, msgs_per_s, ..Cell::default() }
+    }
+
+    fn options() -> Options {
+        Options {
+            runs: 1,
+            warmup: 0.0,
+            secs: 1.0,
+            server_cpus: "0".into(),
+            load_cpus: "1".into(),
+            server_threads: 1,
+            load_threads: 1,
+            only: Vec::new(),
+            rows: Vec::new(),
+            skip_open_loop: true,
+            skip_connect_idle: true,
+            uws: Ok(PathBuf::from("/uws/uws-echo")),
+            doc: PathBuf::from("/dev/null"),
+        }
+    }
+
+    /// Two rows: the first misses only the io_uring / epoll bar, the second the uWS and raw
+    /// echo bars.
+    fn results() -> Results {
+        Results {
+            names: vec!["ringside io_uring", "ringside epoll", "uWebSockets", "raw echo epoll"],
+            classes: vec![Class::Ringside, Class::Ringside, Class::Uws, Class::Limit],
+            rows: vec![
+                Row { conns: 10, size: 16 << 10, inflight: 1 },
+                Row { conns: 1000, size: 20, inflight: 1 },
+            ],
+            closed: vec![
+                vec![cell(1.10, 90.0), cell(1.00, 100.0), cell(1.00, 100.0), cell(1.00, 100.0)],
+                vec![cell(1.20, 80.0), cell(1.20, 80.0), cell(1.00, 100.0), cell(1.10, 90.0)],
+            ],
+            ..Results::default()
+        }
+    }
+
+    #[test]
+    fn rows_over_the_bar_are_named_with_their_ratios() {
+        let res = results();
+        let first = AgainstBar::of(&res.closed[0], &res);
+        assert_eq!(first.misses(), ["io_uring 1.100x epoll"]);
+        assert!((first.tput_vs_uws - 1.0).abs() < 1e-12);
+        let second = AgainstBar::of(&res.closed[1], &res);
+        assert_eq!(second.misses(), ["1.200x uWS", "1.091x raw echo"]);
+        let md = render(&res, &options(), "cargo run");
+        assert!(
+            md.contains(concat!(
+                "best Ringside / uWebSockets (the bar: 1.00): **over it on 1 of 2 rows**: ",
+                "1000 x 20 B (1.200)"
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "io_uring / epoll (the bar: 1.05): **over it on 1 of 2 rows**: 10 x 16 KiB (1.100)"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("Connect rate"), "connect and idle were skipped: {md}");
+    }
+
+    #[test]
+    fn a_run_without_uws_says_why() {
+        let mut res = results();
+        for row in &mut res.closed {
+            row[2] = Cell { cpu_us: f64::NAN, msgs_per_s: f64::NAN, ..Cell::default() };
+        }
+        let o = Options { uws: Err("no sources given".into()), ..options() };
+        let md = render(&res, &o, "cargo run");
+        assert!(md.contains("uWebSockets is not in this run: no sources given"), "{md}");
+        assert!(md.contains("best Ringside / uWebSockets (the bar: 1.00): not measured"), "{md}");
+        let two_threads = Options { server_threads: 2, ..options() };
+        assert!(two_threads.uws().unwrap_err().contains("one thread"));
+    }
+}
