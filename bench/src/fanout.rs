@@ -4,8 +4,9 @@
 //! own pub/sub (`bench/peers/uws/broadcast.cpp`, no compression), in one run with the same
 //! pinning.
 //!
-//! uWebSockets sends a subscriber at most 32 published messages per drain, so at saturation
-//! its deliveries per second say more about that cap than about its cost; the fixed-rate run,
+//! uWebSockets writes a subscriber's published messages every event-loop iteration, at most 32
+//! per write, so at saturation each write carries the few publishes of one iteration and its
+//! deliveries per second say more about that batching than about its cost; the fixed-rate run,
 //! where every server delivers the same messages, is the fair comparison of server CPU per
 //! delivery and latency.
 
@@ -183,9 +184,11 @@ fn against_uws(
         md,
         "uWebSockets' own pub/sub (`ws->subscribe`, `App::publish`, no compression, one \
          thread: `bench/peers/uws/broadcast.cpp`). At a fixed rate every server delivers the \
-         same {} deliveries/s, so server CPU per delivery and latency compare like for like. At \
-         saturation uWebSockets sends a subscriber at most 32 published messages per drain \
-         (its TopicTree), so its deliveries per second measure that cap as much as its cost.\n",
+         same {} deliveries/s, so server CPU per delivery and latency compare like for like. \
+         uWebSockets writes each subscriber's published messages every event-loop iteration, at \
+         most 32 per write (its TopicTree), so at saturation a write carries the few publishes \
+         of one iteration: its deliveries per second there measure that batching as much as \
+         its cost.\n",
         o.subscribers as f64 * o.rate
     );
     let _ = writeln!(
