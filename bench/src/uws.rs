@@ -163,10 +163,11 @@ fn step(cmd: &mut Command) -> Result<(), String> {
         }
     };
     let text = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    // The end of the output is where a compiler says what went wrong.
+    // The end of the output is where a compiler says what went wrong; one line, so it can sit
+    // in a sentence of the report.
     let tail: String = {
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        lines[lines.len().saturating_sub(15)..].join(" / ")
     };
     match status {
         Some(s) if s.success() => Ok(()),

@@ -21,10 +21,16 @@ out=${OUT:-$here/../../../target/uws}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ -d "$src" ]; then
-    cp -R "$src/uWebSockets" "$src/uSockets" "$work/"
+    cp -R "$src/uWebSockets" "$src/uSockets" "$work/" 2>/dev/null || true
 else
     tar xzf "$src" -C "$work"
 fi
+for f in uWebSockets/src/App.h uSockets/src/libusockets.h; do
+    if [ ! -f "$work/$f" ]; then
+        echo "build.sh: $src holds no $f (it needs uWebSockets/ and uSockets/ at its top)" >&2
+        exit 1
+    fi
+done
 mkdir -p "$work/obj" "$out"
 (cd "$work/obj" && gcc -O3 -DLIBUS_NO_SSL -std=c11 -I"$work/uSockets/src" -c \
     "$work"/uSockets/src/*.c "$work"/uSockets/src/eventing/*.c "$work"/uSockets/src/crypto/*.c)
