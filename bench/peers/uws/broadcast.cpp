@@ -1,6 +1,6 @@
 // uWebSockets speaking the fan-out protocol of `ringside-load fanout` (docs/broadcast.md):
-// `sub <topic>` answered `ok sub <topic>`, `pub <topic> <payload>` delivered to every
-// subscriber of the topic, the publisher included. permessage-deflate with uWS's
+// `sub <topic>` answered `ok sub <topic>` (`unsub` likewise), `pub <topic> <payload>` delivered
+// to every subscriber of the topic, the publisher included. permessage-deflate with uWS's
 // SHARED_COMPRESSOR, the setting comparable to Ringside's `--deflate shared`, unless `plain`.
 //
 // Usage: uws-broadcast PORT [prepared | plain]
@@ -41,6 +41,12 @@ int main(int argc, char **argv) {
                 std::string_view topic = message.substr(4);
                 ws->subscribe(topic);
                 std::string reply = "ok sub ";
+                reply.append(topic);
+                ws->send(reply, uWS::OpCode::TEXT);
+            } else if (message.substr(0, 6) == "unsub ") {
+                std::string_view topic = message.substr(6);
+                ws->unsubscribe(topic);
+                std::string reply = "ok unsub ";
                 reply.append(topic);
                 ws->send(reply, uWS::OpCode::TEXT);
             } else if (message.substr(0, 4) == "pub ") {
