@@ -651,7 +651,8 @@ pub fn render(res: &Results, o: &Options, command: &str) -> String {
          message and at most {BAR_RAW:.2}x the best raw echo's on every row, io_uring at most \
          {BAR_BACKENDS:.2}x epoll. uWebSockets {}.\n",
         match o.uws() {
-            Ok(_) => "is its own echo example's settings without compression, one thread \
+            Ok(_) => "is its echo example's handler (`ws->send(message, opCode)`) with \
+                      compression off, no idle timeout and one thread \
                       (`bench/peers/uws/echo.cpp`, built from its sources by \
                       `bench/peers/uws/build.sh`)"
                 .to_owned(),
