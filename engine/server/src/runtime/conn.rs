@@ -150,7 +150,7 @@ impl<C> App<C> {
 
 /// Flag bits of [`Io::flags`].
 pub(crate) mod flag {
-    /// In the worker's dirty list (has bytes to flush this iteration).
+    /// In one of the worker's flush lists (has bytes to flush).
     pub const DIRTY: u8 = 1;
     /// `on_close` was called (or never will be: the upgrade was refused).
     pub const CLOSE_REPORTED: u8 = 1 << 1;
@@ -164,6 +164,8 @@ pub(crate) mod flag {
     pub const HUNG_UP: u8 = 1 << 5;
     /// Used up its share of a loop iteration: bytes wait in its stash, reading is paused.
     pub const THROTTLED: u8 = 1 << 6;
+    /// In the worker's list of replies, flushed every iteration before the bulk output.
+    pub const URGENT: u8 = 1 << 7;
 }
 
 /// The I/O side of a connection.

@@ -32,8 +32,13 @@ pub(crate) struct Local {
     pub worker: u16,
     pub settings: Settings,
     pub shared: Arc<Shared>,
-    /// Connections with bytes to flush at the end of this iteration.
+    /// Connections with replies to flush at the end of this iteration: handshake answers,
+    /// echoes, pongs, addressed sends. All of them are flushed every iteration.
     pub dirty: Vec<usize>,
+    /// Connections with bulk output to flush: fan-out deliveries and the rest of a send the
+    /// socket took only part of. Flushed after the replies, for a bounded time per iteration
+    /// (see `worker::flush`).
+    pub bulk: Vec<usize>,
     /// Spare send queues, so idle connections hold none.
     pub pool: Pool,
     /// Queued output held, against this worker's share of `max_buffered_output`.
@@ -111,11 +116,19 @@ impl TopicPolicy {
 }
 
 impl Local {
-    /// Marks `id` for flushing.
+    /// Marks `id` for flushing this iteration, before any bulk output.
     pub fn mark_dirty(&mut self, id: usize, io: &mut Io) {
+        if !io.has(flag::URGENT) {
+            io.set(flag::URGENT | flag::DIRTY, true);
+            self.dirty.push(id);
+        }
+    }
+
+    /// Marks `id` for flushing with the bulk output (unless it is marked already).
+    pub fn mark_bulk(&mut self, id: usize, io: &mut Io) {
         if !io.has(flag::DIRTY) {
             io.set(flag::DIRTY, true);
-            self.dirty.push(id);
+            self.bulk.push(id);
         }
     }
 

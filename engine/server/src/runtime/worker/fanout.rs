@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::Core;
 use crate::api::{ConnId, Handler, SendStatus};
 use crate::config::{SlowConsumer, TopicPolicy};
-use crate::runtime::conn::Phase;
+use crate::runtime::conn::{flag, Phase};
 use crate::runtime::deflate::{self, Fanned};
 use crate::runtime::handle::{lookup, Frame, Verdict};
 use crate::runtime::pubsub::Publication;
@@ -50,7 +50,13 @@ impl<H: Handler> Core<H> {
     }
 
     /// Whether this iteration has done its share of fan-out (see [`WORK_PER_TURN`]).
+    /// None at all while earlier deliveries still wait for their flush (bulk output the
+    /// last flush had no time for): what is queued but not flushed is neither sent nor a slow
+    /// consumer's, so nothing else would bound it.
     pub(super) fn turn_full(&mut self) -> bool {
+        if !self.bulk.is_empty() {
+            return true;
+        }
         if self.turn_work >= WORK_PER_TURN {
             return true;
         }
@@ -95,7 +101,7 @@ impl<H: Handler> Core<H> {
                             conn.io.queue.push_published(&mut local.pool, frame);
                             local.budget.pushed += frame.len();
                             local.counts.messages_out += 1;
-                            local.mark_dirty(id, &mut conn.io);
+                            local.mark_bulk(id, &mut conn.io);
                         }
                         Verdict::Drop => local.counts.dropped += 1,
                         Verdict::Close => slow.push(id),
@@ -281,9 +287,10 @@ impl<H: Handler> Core<H> {
                     }
                 }
             }
-            if !conn.io.has(crate::runtime::conn::flag::DIRTY) {
-                conn.io.set(crate::runtime::conn::flag::DIRTY, true);
-                local.dirty.push(id);
+            if !conn.io.has(flag::DIRTY) {
+                // `Local::mark_bulk`, with `local.topics` borrowed.
+                conn.io.set(flag::DIRTY, true);
+                local.bulk.push(id);
             }
         }
         self.close_slow(&mut slow);

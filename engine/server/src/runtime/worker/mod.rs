@@ -79,6 +79,8 @@ pub(crate) struct Core<H: Handler> {
     /// The dirty list being flushed, swapped with `local.dirty` so neither allocates per
     /// iteration.
     flushing: Vec<usize>,
+    /// Bulk output not flushed yet (see [`flush`]): the oldest first.
+    bulk: Vec<usize>,
     /// Publishes past this iteration's fan-out work, in order: (publication, made here, so
     /// also for the other workers).
     deferred: VecDeque<(Publication, bool)>,
@@ -159,6 +161,7 @@ impl<H: Handler> Core<H> {
                 settings,
                 shared,
                 dirty: Vec::new(),
+                bulk: Vec::new(),
                 pool: Pool::default(),
                 budget,
                 topics,
@@ -177,6 +180,7 @@ impl<H: Handler> Core<H> {
             remote,
             slow: Vec::new(),
             flushing: Vec::new(),
+            bulk: Vec::new(),
             deferred: VecDeque::new(),
             turn_work: 0,
             clock_check: 0,
@@ -260,6 +264,8 @@ impl<H: Handler> Core<H> {
     /// when there is work left.
     fn poll_timeout(&self) -> Duration {
         if !self.local.dirty.is_empty()
+            || !self.local.bulk.is_empty()
+            || !self.bulk.is_empty()
             || !self.to_close.is_empty()
             || !self.inputs.throttled.is_empty()
             || !self.deferred.is_empty()
@@ -337,9 +343,10 @@ impl<H: Handler> Driver for Core<H> {
 
     fn on_sent(&mut self, id: usize) {
         // The flush at the end of the iteration sends what is pending and handles the
-        // high-water mark (resume reading, on_drain).
+        // high-water mark (resume reading, on_drain): with the bulk output, since what was
+        // waiting for the socket is the rest of earlier output.
         if let Some(conn) = self.conns.get_mut(id) {
-            self.local.mark_dirty(id, &mut conn.io);
+            self.local.mark_bulk(id, &mut conn.io);
         }
     }
 
@@ -372,7 +379,12 @@ impl<H: Handler> Core<H> {
                 conn.io.set(flag::IDLE_PINGED, false);
                 let (waiting, published) = (self.deferred.len(), self.published);
                 self.on_input(id, data);
-                let backlog = || self.published > published && self.remote_backlogged();
+                // Published while earlier deliveries still wait: for another worker, or for
+                // this one's flush (bulk output left over from the last iterations).
+                let backlog = || {
+                    self.published > published
+                        && (!self.bulk.is_empty() || self.remote_backlogged())
+                };
                 let deferred = self.deferred.len() > waiting.max(fanout::DEFER_THROTTLE);
                 if (deferred || backlog()) && !self.throttled.contains(&id) {
                     // It published well past this iteration's fan-out work: read no more from
@@ -443,10 +455,20 @@ pub(crate) fn turn<H: Handler, B: Backend>(
     Ok(false)
 }
 
-/// Sends what each dirty connection queued this iteration, applies backpressure, settles the
-/// output budget, closes.
+/// How long one iteration spends flushing bulk output (fan-out deliveries, the rest of
+/// partial sends) before leaving the rest for the next: replies, handshakes and accepts are
+/// never behind more than this. Flushing 5,000 subscribers that each got a publish is 5,000
+/// sends, 25-60 ms here; in one piece it held every fresh client's handshake and echo that
+/// long, two or three times over.
+const BULK_FLUSH_TIME: Duration = Duration::from_millis(8);
+/// Bulk flushes between looks at the clock.
+const BULK_CLOCK_EVERY: usize = 64;
+
+/// Sends what each dirty connection queued, applies backpressure, settles the output budget,
+/// closes. Replies first, all of them; then bulk output, oldest first, for at most
+/// [`BULK_FLUSH_TIME`]: what is left waits for the next iteration (which polls without
+/// waiting), counted against the budget meanwhile.
 fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
-    let high_water = core.local.settings.send_high_water;
     core.pause_throttled(backend);
     core.look_at_watched();
     // Callbacks below (on_drain) may mark connections dirty again: those go to the next flush.
@@ -454,54 +476,93 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     std::mem::swap(&mut dirty, &mut core.local.dirty);
     for id in dirty.drain(..) {
         let Some(conn) = core.conns.get_mut(id) else { continue };
+        conn.io.set(flag::URGENT | flag::DIRTY, false);
+        flush_one(core, backend, id);
+    }
+    core.flushing = dirty;
+    let mut bulk = std::mem::take(&mut core.bulk);
+    bulk.append(&mut core.local.bulk);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < bulk.len() {
+        if done % BULK_CLOCK_EVERY == BULK_CLOCK_EVERY - 1 && started.elapsed() > BULK_FLUSH_TIME {
+            break;
+        }
+        let id = bulk[done];
+        done += 1;
+        let Some(conn) = core.conns.get_mut(id) else { continue };
+        if !conn.io.has(flag::DIRTY) {
+            // Flushed already, as a reply.
+            continue;
+        }
         conn.io.set(flag::DIRTY, false);
-        let waited = conn.io.queue.in_flight().is_some();
-        if conn.io.queue.has_staged() && !waited {
-            // Caught up: the latest conflated messages go out with this send.
-            deflate::unstage(id, conn, &mut core.local);
-        }
-        let queued = match core.tls.as_mut().and_then(|tls| tls.conn(id)) {
-            Some(tls) => {
-                let closing = conn.io.has(flag::CLOSE_REQUESTED);
-                tls::flush(id, tls, &mut conn.io.queue, &mut core.local.pool, closing, backend)
-            }
-            None => {
-                let queue = &mut conn.io.queue;
-                backend.flush(id, queue);
-                let flying = queue.in_flight().is_some();
-                queue.set_stalled(waited && flying);
-                if flying && !waited {
-                    // Look again next iteration: still in flight then means stalled (see
-                    // `budget`).
-                    core.watch.push(id);
-                }
-                queue.len()
-            }
-        };
-        let over = conn.io.has(flag::OVER_HIGH_WATER);
-        if queued > high_water && !over {
-            conn.io.set(flag::OVER_HIGH_WATER, true);
-            backend.set_reading(id, false);
-        } else if over && queued <= high_water {
-            conn.io.set(flag::OVER_HIGH_WATER, false);
-            if !conn.io.has(flag::THROTTLED) && !core.throttled.contains(&id) {
-                backend.set_reading(id, true);
-            }
-            core.callback(id, |h, ws| h.on_drain(ws));
-        }
+        flush_one(core, backend, id);
+    }
+    // What waits is counted now, not when it is flushed: the budget's sweep below sees it.
+    for &id in &bulk[done..] {
         if let Some(conn) = core.conns.get_mut(id) {
             core.local.budget.settle(&mut conn.io.queue, &mut core.local.pool);
         }
     }
-    core.flushing = dirty;
+    bulk.drain(..done);
+    core.bulk = bulk;
     core.local.budget.settled();
     if core.local.budget.over() {
         core.enforce_budget();
     }
     for (id, hard) in std::mem::take(&mut core.to_close) {
         if !hard {
+            // Bulk output still waiting for its turn goes before the close.
+            if let Some(conn) = core.conns.get_mut(id).filter(|c| c.io.has(flag::DIRTY)) {
+                conn.io.set(flag::URGENT | flag::DIRTY, false);
+                flush_one(core, backend, id);
+            }
             core.seal_for_close(id, backend);
         }
         backend.close(id, hard);
+    }
+}
+
+/// Flushes one connection: hands its queue to the backend, watches for a stalled send,
+/// applies the high-water mark (pause reading, `on_drain`), settles its budget charge.
+fn flush_one<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B, id: usize) {
+    let high_water = core.local.settings.send_high_water;
+    let Some(conn) = core.conns.get_mut(id) else { return };
+    let waited = conn.io.queue.in_flight().is_some();
+    if conn.io.queue.has_staged() && !waited {
+        // Caught up: the latest conflated messages go out with this send.
+        deflate::unstage(id, conn, &mut core.local);
+    }
+    let queued = match core.tls.as_mut().and_then(|tls| tls.conn(id)) {
+        Some(tls) => {
+            let closing = conn.io.has(flag::CLOSE_REQUESTED);
+            tls::flush(id, tls, &mut conn.io.queue, &mut core.local.pool, closing, backend)
+        }
+        None => {
+            let queue = &mut conn.io.queue;
+            backend.flush(id, queue);
+            let flying = queue.in_flight().is_some();
+            queue.set_stalled(waited && flying);
+            if flying && !waited {
+                // Look again next iteration: still in flight then means stalled (see
+                // `budget`).
+                core.watch.push(id);
+            }
+            queue.len()
+        }
+    };
+    let over = conn.io.has(flag::OVER_HIGH_WATER);
+    if queued > high_water && !over {
+        conn.io.set(flag::OVER_HIGH_WATER, true);
+        backend.set_reading(id, false);
+    } else if over && queued <= high_water {
+        conn.io.set(flag::OVER_HIGH_WATER, false);
+        if !conn.io.has(flag::THROTTLED) && !core.throttled.contains(&id) {
+            backend.set_reading(id, true);
+        }
+        core.callback(id, |h, ws| h.on_drain(ws));
+    }
+    if let Some(conn) = core.conns.get_mut(id) {
+        core.local.budget.settle(&mut conn.io.queue, &mut core.local.pool);
     }
 }

@@ -67,13 +67,15 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// Pauses reading from connections whose publishes wait in `deferred`, and resumes them
-    /// once those are delivered.
+    /// Pauses reading from connections whose publishes wait in `deferred` (or whose
+    /// deliveries wait for their flush), and resumes them once those are delivered.
     pub(super) fn pause_throttled<B: Backend>(&mut self, backend: &mut B) {
         if self.throttled.is_empty() {
             return;
         }
-        let resume = self.deferred.len() <= DEFER_THROTTLE / 2 && !self.remote_backlogged();
+        let resume = self.deferred.len() <= DEFER_THROTTLE / 2
+            && !self.remote_backlogged()
+            && self.bulk.is_empty();
         for &id in &self.throttled {
             let Some(conn) = self.conns.get(id) else { continue };
             if !resume {
@@ -88,12 +90,14 @@ impl<H: Handler> Core<H> {
     }
 
     /// Marks the watched connections whose send is still in flight as stalled, and recounts
-    /// their charge (the dirty ones are looked at by the flush itself).
+    /// their charge.
     pub(super) fn look_at_watched(&mut self) {
         let mut watch = std::mem::take(&mut self.watch);
         for id in watch.drain(..) {
             let Some(conn) = self.conns.get_mut(id) else { continue };
-            if conn.io.has(flag::DIRTY) || conn.io.queue.in_flight().is_none() {
+            // Dirty ones too: bulk output may wait iterations for its flush, and a send in
+            // flight since the last one is stalled whether or not more was queued behind it.
+            if conn.io.queue.in_flight().is_none() {
                 continue;
             }
             conn.io.queue.set_stalled(true);

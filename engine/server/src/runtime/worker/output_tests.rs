@@ -3,9 +3,11 @@
 //! fan-out work bounded per loop iteration. They drive the worker through the fake backend of
 //! `tests` (whose peers read only what the test lets them).
 
-use ringside_proto::Message;
+use ringside_proto::{Message, OpCode};
 
-use super::tests::{peer, Rig};
+use std::time::Duration;
+
+use super::tests::{peer, Ev, Rig};
 use crate::api::Handler;
 use crate::config::{Settings, SlowConsumer, TopicPolicy, TopicRule};
 use crate::runtime::handle::WebSocket;
@@ -197,4 +199,43 @@ fn a_publish_storm_is_spread_over_iterations_and_pauses_its_publisher() {
         let want: Vec<String> = (0..1_000).map(|i| i.to_string()).collect();
         assert_eq!(got, want, "every publish, in order");
     }
+}
+
+#[test]
+fn replies_go_before_bulk_output_and_bulk_output_waits_its_turn() {
+    let mut rig = Rig::new(Settings::default(), Hub);
+    let subs: Vec<usize> = (0..200).map(|i| rig.open(peer(i), "/")).collect();
+    for &id in &subs {
+        rig.core.local.topics.subscribe(id, "busy").unwrap();
+    }
+    let publisher = rig.open(peer(250), "/");
+    let echo = rig.open(peer(251), "/");
+    // 200 sends of 200 us are 40 ms: five times what one iteration gives bulk output.
+    rig.fake.flush_delay = Duration::from_micros(200);
+    rig.fake.flushes.clear();
+    rig.fake.script.push_back(Ev::Data(publisher, Rig::<Hub>::frame(OpCode::Text, b"pub busy hi")));
+    rig.fake.script.push_back(Ev::Data(echo, Rig::<Hub>::frame(OpCode::Text, b"still there?")));
+    rig.turn();
+    assert_eq!(rig.fake.flushes.first(), Some(&echo), "the reply leaves first");
+    assert_eq!(rig.received(echo), ["still there?"]);
+    let first = rig.fake.flushes.iter().filter(|id| subs.contains(id)).count();
+    assert!(first < subs.len(), "bulk output stops at its share of the iteration: {first}");
+    assert!(first >= 32, "and does not stop before it: {first}");
+    assert!(rig.core.local.budget.held > 0, "what waits is counted against the output budget");
+    // The next iterations do not wait in the poll and send the rest, each subscriber once.
+    let mut turns = 1;
+    while !rig.core.bulk.is_empty() && turns < 50 {
+        rig.turn();
+        assert_eq!(*rig.fake.timeouts.last().unwrap(), Duration::ZERO);
+        turns += 1;
+    }
+    assert!(turns > 1 && rig.core.bulk.is_empty(), "{turns} iterations");
+    for &id in &subs {
+        assert_eq!(rig.received(id), ["hi"], "subscriber {id}");
+    }
+    let mut flushed: Vec<usize> =
+        rig.fake.flushes.iter().copied().filter(|id| subs.contains(id)).collect();
+    flushed.sort_unstable();
+    flushed.dedup();
+    assert_eq!(flushed.len(), subs.len());
 }

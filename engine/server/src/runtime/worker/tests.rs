@@ -41,6 +41,10 @@ pub(super) struct Fake {
     pub(super) releasing: Vec<usize>,
     pub(super) accepting: bool,
     pub(super) timeouts: Vec<Duration>,
+    /// Every connection flushed, in order.
+    pub(super) flushes: Vec<usize>,
+    /// Wall time each flush takes (a real send to a peer costs microseconds).
+    pub(super) flush_delay: Duration,
 }
 
 pub(super) enum Ev {
@@ -146,6 +150,10 @@ impl Backend for Fake {
     }
 
     fn flush(&mut self, id: usize, queue: &mut SendQueue) {
+        self.flushes.push(id);
+        if !self.flush_delay.is_zero() {
+            std::thread::sleep(self.flush_delay);
+        }
         if self.stalled.contains(&id) {
             return;
         }
