@@ -91,7 +91,8 @@ enum Cmd {
     Scale {
         #[arg(long, default_value_t = 200_000)]
         conns: u64,
-        /// Server workers (io_uring rings); 0: one per 15,000 connections.
+        /// Server workers; 0: the server's default, one per CPU of --server-cpus (each worker
+        /// drives as many io_uring rings as its connections need).
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Source addresses 127.0.0.1 .. 127.0.0.N for the load generator.

@@ -1,11 +1,11 @@
 //! `ringside-bench scale`: one Ringside process holds N concurrent WebSocket connections
 //! (200,000 by default), measured while it holds them, then closes them all.
 //!
-//! The server runs on io_uring with more workers (rings) than CPUs: each ring's fixed-file table
-//! is capped at RLIMIT_NOFILE (20,000 here), and SO_REUSEPORT spreads connections over the
-//! workers' listeners, so N / workers must stay well under that cap. The load generator spreads
-//! over child processes (each under its own open-file limit) and source addresses 127.0.0.x
-//! (about 28,000 ephemeral ports per address pair).
+//! The server runs on io_uring with one worker per CPU it may run on (the server's default). A
+//! ring's fixed-file table is capped at RLIMIT_NOFILE (20,000 here), so each worker drives as
+//! many rings as its connections need, adding one when its tables are full. The load generator
+//! spreads over child processes (each under its own open-file limit) and source addresses
+//! 127.0.0.x (about 28,000 ephemeral ports per address pair).
 
 use std::fmt::Write as _;
 use std::io;
@@ -19,7 +19,7 @@ use crate::procs::{self, errors, num, ServerProcess};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub conns: u64,
-    /// Server workers (rings); 0: enough for 15,000 connections each.
+    /// Server workers; 0: the server's default, one per CPU it may run on.
     pub workers: usize,
     pub source_addrs: u32,
     pub procs: Option<usize>,
@@ -37,8 +37,7 @@ pub struct Options {
 
 pub fn main(o: Options, command: &str) -> io::Result<()> {
     let bins = procs::bin_dir()?;
-    let workers =
-        if o.workers == 0 { (o.conns as usize).div_ceil(15_000).max(1) } else { o.workers };
+    let workers = if o.workers == 0 { cpus_in(&o.server_cpus) } else { o.workers };
     let per_worker = (o.conns as usize).div_ceil(workers);
     let args: Vec<String> = [
         "--listen",
@@ -59,11 +58,16 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
     ]
     .iter()
     .map(|s| (*s).to_owned())
-    .chain(["--workers".to_owned(), workers.to_string()])
+    .chain(
+        (o.workers != 0)
+            .then(|| ["--workers".to_owned(), workers.to_string()])
+            .into_iter()
+            .flatten(),
+    )
     .collect();
     eprintln!(
-        "scale: {} connections on {workers} io_uring workers (~{per_worker} each), {} source \
-         addresses",
+        "scale: {} connections on {workers} io_uring workers (~{per_worker} each, in rings of \
+         up to the open-file limit), {} source addresses",
         o.conns, o.source_addrs
     );
     let mut server = ServerProcess::start(&o.server_cpus, &bins.join("ringside"), &args)?;
@@ -132,8 +136,9 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
     let _ = writeln!(md, "### Scale: {} connections ({})\n", o.conns, o.label);
     let _ = writeln!(
         md,
-        "Machine: {}. Date: {}. One Ringside process, io_uring, {workers} workers (rings) on \
-         CPU(s) {}; `ringside-load hold` on CPU(s) {} over {} source addresses.\n",
+        "Machine: {}. Date: {}. One Ringside process, io_uring, {workers} worker(s) on CPU(s) \
+         {} (each driving as many rings as its connections need); `ringside-load hold` on \
+         CPU(s) {} over {} source addresses.\n",
         procs::machine(),
         procs::today(),
         o.server_cpus,
@@ -188,4 +193,33 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
         let _ = writeln!(md, "| {k} | {v} |");
     }
     md
+}
+
+/// CPUs in a taskset list such as `0`, `0-3` or `0,2-3` (the server's default worker count when
+/// it runs pinned to them); 1 when the list cannot be read.
+fn cpus_in(list: &str) -> usize {
+    let count: usize = list
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => usize::from(part.trim().parse::<usize>().is_ok()),
+        })
+        .sum();
+    count.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpus_in;
+
+    #[test]
+    fn counts_the_cpus_of_a_taskset_list() {
+        assert_eq!(cpus_in("0"), 1);
+        assert_eq!(cpus_in("0-3"), 4);
+        assert_eq!(cpus_in("0,2-3"), 3);
+        assert_eq!(cpus_in("junk"), 1);
+    }
 }
