@@ -388,6 +388,11 @@ impl Handler for Echo {
 
 fn main() {
     let args = Args::parse();
+    // The servers this binary runs in-process (`serve`, `soak-serve`) and the clients of `idle`,
+    // `cluster` and the others hold thousands of descriptors; the library leaves the limit alone.
+    if let Err(e) = ringside::raise_fd_limit() {
+        eprintln!("ringside-bench: {e}");
+    }
     let result = match args.command {
         Cmd::Serve { backend, app: ServeApp::Echo, listen, workers, deflate } => {
             serve(backend, listen, workers, deflate)

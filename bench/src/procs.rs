@@ -24,7 +24,7 @@ pub fn build_release() -> io::Result<()> {
     eprintln!("building release binaries: ringside, ringside-load, the peers");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
-        .args(["build", "--release", "-p", "ringside", "-p", "ringside-loadgen"])
+        .args(["build", "--release", "-p", "ringside-cli", "-p", "ringside-loadgen"])
         .args(["-p", "ringside-peers", "-p", "ringside-bench"])
         .status()?;
     if !status.success() {

@@ -86,6 +86,9 @@ impl TestServer {
         H: Handler,
         F: Fn() -> H + Send + Sync + 'static,
     {
+        // A test process holds both ends of every connection; the library leaves the limit to
+        // the program.
+        ringside::raise_fd_limit().expect("the open-file limit can be raised");
         let builder = Server::builder()
             .bind("127.0.0.1:0")
             .unwrap()

@@ -17,6 +17,7 @@
 
 use std::cell::Cell;
 
+use crate::buf::ThinBuf;
 use crate::close::{self, CloseCode, CloseFrame};
 use crate::deflate::{DeflateParams, Deflater, Inflater};
 use crate::error::Error;
@@ -114,14 +115,17 @@ enum Ready {
 pub struct Connection {
     role: Role,
     state: State,
-    config: Config,
+    /// The open message is compressed (its first frame had RSV1).
+    inflating: bool,
+    /// [`Config::auto_pong`] (the config is kept as its fields: the flag packs with the others).
+    auto_pong: bool,
+    max_frame_size: u64,
+    max_message_size: u64,
     rx: Rx,
     assembly: Assembly,
     /// The payload of a control frame that did not arrive in one read.
-    ctrl: Vec<u8>,
-    out: Vec<u8>,
-    /// The open message is compressed (its first frame had RSV1).
-    inflating: bool,
+    ctrl: ThinBuf,
+    out: ThinBuf,
     /// The permessage-deflate agreement, where negotiated: inline, so that a connection with
     /// nothing to keep between messages holds no deflate memory while idle.
     deflate_params: Option<DeflateParams>,
@@ -154,12 +158,14 @@ impl Connection {
         Connection {
             role,
             state: State::Open,
-            config,
+            inflating: false,
+            auto_pong: config.auto_pong,
+            max_frame_size: config.max_frame_size,
+            max_message_size: config.max_message_size,
             rx: RX_IDLE,
             assembly: Assembly::default(),
-            ctrl: Vec::new(),
-            out: Vec::new(),
-            inflating: false,
+            ctrl: ThinBuf::new(),
+            out: ThinBuf::new(),
             deflate_params: None,
             deflate: None,
         }
@@ -269,8 +275,12 @@ impl Connection {
     }
 
     /// The limits in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Config {
+        Config {
+            max_frame_size: self.max_frame_size,
+            max_message_size: self.max_message_size,
+            auto_pong: self.auto_pong,
+        }
     }
 
     /// Whether data may still be sent (no close frame sent yet, not failed).
@@ -328,7 +338,7 @@ impl Connection {
             Ready::Control(opcode, loc) => {
                 let payload = match loc {
                     Loc::Input(range) => &input[range],
-                    Loc::Stored => &self.ctrl[..],
+                    Loc::Stored => self.ctrl.as_slice(),
                 };
                 match opcode {
                     OpCode::Ping => Event::Ping(payload),
@@ -345,7 +355,7 @@ impl Connection {
     fn step(&mut self, input: &mut [u8]) -> Result<(usize, Option<Ready>), Error> {
         let rules = DecodeRules {
             expect_masked: self.role == Role::Server,
-            max_frame_size: self.config.max_frame_size,
+            max_frame_size: self.max_frame_size,
         };
         let decode = if self.deflate_params.is_some() {
             frame::decode_header_deflate
@@ -419,7 +429,7 @@ impl Connection {
                     }
                     let remaining = remaining - take as u64;
                     if header.opcode.is_control() {
-                        self.ctrl.extend_from_slice(chunk);
+                        self.ctrl.vec().extend_from_slice(chunk);
                     } else {
                         self.data(chunk)?;
                     }
@@ -450,7 +460,7 @@ impl Connection {
                     // Compressed bytes are not kept: the limit applies as they inflate.
                     return Ok(());
                 }
-                return self.assembly.check_size(header.len, self.config.max_message_size);
+                return self.assembly.check_size(header.len, self.max_message_size);
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {
                 self.ctrl.clear();
@@ -466,12 +476,12 @@ impl Connection {
         if self.inflating {
             return Ok(());
         }
-        self.assembly.check_size(header.len, self.config.max_message_size)
+        self.assembly.check_size(header.len, self.max_message_size)
     }
 
     /// Payload bytes of a data frame, unmasked: stored, or inflated into the message buffer.
     fn data(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+        let limit = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
         if !self.inflating {
             return self.assembly.push(chunk, limit);
         }
@@ -506,7 +516,7 @@ impl Connection {
         }
         if self.inflating {
             self.inflating = false;
-            let limit = usize::try_from(self.config.max_message_size).unwrap_or(usize::MAX);
+            let limit = usize::try_from(self.max_message_size).unwrap_or(usize::MAX);
             let state = Self::deflate_state(&mut self.deflate, self.deflate_params, self.role);
             if let Some(deflate) = state {
                 deflate.inflater.finish_message(&mut self.assembly, limit)?;
@@ -520,12 +530,12 @@ impl Connection {
     fn control(&mut self, opcode: OpCode, loc: &Loc, input: &[u8]) -> Result<(), Error> {
         let payload = match loc {
             Loc::Input(range) => &input[range.clone()],
-            Loc::Stored => &self.ctrl[..],
+            Loc::Stored => self.ctrl.as_slice(),
         };
         let mask = out_mask(self.role);
         match opcode {
-            OpCode::Ping if self.config.auto_pong && self.state == State::Open => {
-                frame::write_frame(&mut self.out, true, OpCode::Pong, mask, payload);
+            OpCode::Ping if self.auto_pong && self.state == State::Open => {
+                frame::write_frame(self.out.vec(), true, OpCode::Pong, mask, payload);
             }
             OpCode::Close => {
                 let received = close::parse_payload(payload)?;
@@ -535,7 +545,7 @@ impl Connection {
                     if let Some(CloseFrame { code, .. }) = received {
                         reply.extend_from_slice(&code.0.to_be_bytes());
                     }
-                    frame::write_frame(&mut self.out, true, OpCode::Close, mask, &reply);
+                    frame::write_frame(self.out.vec(), true, OpCode::Close, mask, &reply);
                 }
                 self.state = State::Closed;
             }
@@ -580,7 +590,7 @@ impl Connection {
         self.assembly.abandon();
         self.trim_deflate();
         self.release_buffers();
-        self.ctrl = Vec::new();
+        self.ctrl.release();
     }
 
     fn release_buffers(&mut self) {
@@ -588,14 +598,14 @@ impl Connection {
         if !matches!(self.rx, Rx::Payload { header, .. } if header.opcode.is_control())
             && self.ctrl.capacity() > 0
         {
-            self.ctrl = Vec::new();
+            self.ctrl.release();
         }
     }
 
     fn write_close(&mut self, code: CloseCode, reason: &str) {
         let mut payload = Vec::with_capacity(2 + reason.len().min(123));
         close::write_payload(&mut payload, code, reason);
-        frame::write_frame(&mut self.out, true, OpCode::Close, out_mask(self.role), &payload);
+        frame::write_frame(self.out.vec(), true, OpCode::Close, out_mask(self.role), &payload);
     }
 
     /// Queues a text message (compressed if the connection has its own compressor, see
@@ -623,7 +633,7 @@ impl Connection {
         if self.state != State::Open {
             return Err(Error::Closed);
         }
-        frame::write_frame(&mut self.out, fin, opcode, out_mask(self.role), payload);
+        frame::write_frame(self.out.vec(), fin, opcode, out_mask(self.role), payload);
         Ok(())
     }
 
@@ -634,7 +644,7 @@ impl Connection {
             if self.state != State::Open {
                 return Err(Error::Closed);
             }
-            deflater.write_frame(opcode, out_mask(self.role), payload, &mut self.out);
+            deflater.write_frame(opcode, out_mask(self.role), payload, self.out.vec());
             return Ok(());
         }
         self.send_frame(true, opcode, payload)
@@ -657,17 +667,21 @@ impl Connection {
 
     /// Bytes waiting to be sent, in order.
     pub fn output(&self) -> &[u8] {
-        &self.out
+        self.out.as_slice()
     }
 
     /// Marks the first `n` bytes of the output as sent.
     pub fn consume_output(&mut self, n: usize) {
-        self.out.drain(..n.min(self.out.len()));
+        if n >= self.out.len() {
+            self.out.clear();
+        } else {
+            self.out.vec().drain(..n);
+        }
     }
 
     /// Takes all bytes waiting to be sent, leaving the output empty (and unallocated).
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+        self.out.take()
     }
 }
 
@@ -958,6 +972,6 @@ mod tests {
         assert_eq!(c.assembly.len(), 0);
         // What every idle connection pays (the deflate agreement is inline since it must cost
         // nothing while idle): keep an eye on it.
-        assert!(std::mem::size_of::<Connection>() <= 152, "{}", std::mem::size_of::<Connection>());
+        assert!(std::mem::size_of::<Connection>() <= 96, "{}", std::mem::size_of::<Connection>());
     }
 }

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod buf;
 pub mod close;
 pub mod connection;
 pub mod deflate;

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 
+use crate::buf::{BoxedVec, ThinBuf};
 use crate::error::Error;
 use crate::utf8::Validator;
 
@@ -58,13 +59,13 @@ thread_local! {
     /// or inflated) cost an allocation and a free, and those short-lived blocks interleaving
     /// with connections' long-lived ones measured 13 bytes more heap per idle connection in a
     /// server holding 10,000 that each had one compressed message.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SPARE: Cell<Option<BoxedVec>> = const { Cell::new(None) };
 }
 
 /// The message being assembled on one connection.
 #[derive(Debug, Default)]
 pub struct Assembly {
-    buf: Vec<u8>,
+    buf: ThinBuf,
     /// `Some` from the first frame of a message until its last frame has arrived.
     open: Option<Kind>,
     utf8: Validator,
@@ -116,18 +117,19 @@ impl Assembly {
         }
         self.take_spare();
         self.reserve(bytes.len(), max_capacity);
-        self.buf.extend_from_slice(bytes);
+        self.buf.vec().extend_from_slice(bytes);
         Ok(())
     }
 
     /// Makes room for `more` bytes: double the capacity, capped at `max_capacity`, or exactly
     /// what is needed if that is more.
     fn reserve(&mut self, more: usize, max_capacity: usize) {
-        let len = self.buf.len();
+        let buf = self.buf.vec();
+        let len = buf.len();
         let needed = len.saturating_add(more);
-        if needed > self.buf.capacity() {
-            let target = self.buf.capacity().saturating_mul(2).min(max_capacity).max(needed);
-            self.buf.reserve_exact(target - len);
+        if needed > buf.capacity() {
+            let target = buf.capacity().saturating_mul(2).min(max_capacity).max(needed);
+            buf.reserve_exact(target - len);
         }
     }
 
@@ -151,11 +153,12 @@ impl Assembly {
         let start = self.buf.len();
         let needed = start + region;
         self.reserve(region, max_capacity);
-        self.buf.resize(needed, 0);
-        let (filled, value) = write(&mut self.buf[start..]);
-        self.buf.truncate(start + filled.min(region));
+        let buf = self.buf.vec();
+        buf.resize(needed, 0);
+        let (filled, value) = write(&mut buf[start..]);
+        buf.truncate(start + filled.min(region));
         if self.open == Some(Kind::Text) {
-            self.utf8.feed(&self.buf[start..])?;
+            self.utf8.feed(&self.buf.as_slice()[start..])?;
         }
         Ok(value)
     }
@@ -173,27 +176,30 @@ impl Assembly {
     /// The finished message.
     pub fn message(&self, kind: Kind) -> Message<'_> {
         match kind {
-            Kind::Binary => Message::Binary(&self.buf),
+            Kind::Binary => Message::Binary(self.buf.as_slice()),
             // Every byte was checked as it arrived (fail-fast); this second pass only turns the
             // bytes into a `&str` without unsafe code, and runs only for messages that spanned
             // frames or reads. It cannot fail unless `Validator` disagrees with std.
-            Kind::Text => {
-                Message::Text(std::str::from_utf8(&self.buf).expect("text validated as it arrived"))
-            }
+            Kind::Text => Message::Text(
+                std::str::from_utf8(self.buf.as_slice()).expect("text validated as it arrived"),
+            ),
         }
     }
 
     /// Lets go of the buffer when no message is open, so an idle connection holds no heap
     /// memory: it becomes this thread's spare (if not too large) for the next message.
     pub fn release(&mut self) {
-        if self.open.is_none() && self.buf.capacity() > 0 {
-            let mut buf = std::mem::take(&mut self.buf);
-            if buf.capacity() <= SPARE_MAX {
+        if self.open.is_some() {
+            return;
+        }
+        if let Some(mut buf) = self.buf.take_box() {
+            if buf.capacity() > 0 && buf.capacity() <= SPARE_MAX {
                 buf.clear();
                 // Keep the larger of the two.
                 let _ = SPARE.try_with(|spare| {
                     let old = spare.take();
-                    spare.set(if old.capacity() >= buf.capacity() { old } else { buf });
+                    let old_cap = old.as_ref().map_or(0, |o| o.capacity());
+                    spare.set(if old_cap >= buf.capacity() { old } else { Some(buf) });
                 });
             }
         }
@@ -202,8 +208,8 @@ impl Assembly {
     /// Starts with this thread's spare buffer if there is one and this has none.
     fn take_spare(&mut self) {
         if self.buf.capacity() == 0 {
-            if let Ok(spare) = SPARE.try_with(Cell::take) {
-                self.buf = spare;
+            if let Ok(spare @ Some(_)) = SPARE.try_with(Cell::take) {
+                self.buf.set_box(spare);
             }
         }
     }
@@ -211,7 +217,7 @@ impl Assembly {
     /// Drops the open message, if any, and frees the buffer (the connection failed).
     pub fn abandon(&mut self) {
         self.open = None;
-        self.buf = Vec::new();
+        self.buf.release();
     }
 }
 

@@ -41,6 +41,8 @@ impl Handler for Chat {
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9002".into());
+    // The library leaves process limits alone: room for as many connections as allowed.
+    ringside::raise_fd_limit()?;
     let server = Server::builder().bind(addr)?.build(|| Chat)?;
     println!("chat on ws://{} ({})", server.local_addr(), server.backend_name());
     server.run()

@@ -244,6 +244,8 @@ pub fn configure(builder: Builder, config: GameConfig) -> Builder {
 #[allow(dead_code)]
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9003".into());
+    // The library leaves process limits alone: room for as many connections as allowed.
+    ringside::raise_fd_limit()?;
     let config = GameConfig::default();
     let server =
         configure(Server::builder().bind(addr)?, config).build(move || Game::new(config))?;

@@ -92,6 +92,8 @@ fn main() -> io::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    // The library leaves process limits alone: room for as many connections as allowed.
+    ringside::raise_fd_limit()?;
     let symbols = config.symbols.join(", ");
     let gateway = start(Server::builder().bind(listen)?, config)?;
     println!("gateway on ws://{} ({}), symbols {symbols}", gateway.local_addr(), gateway.backend());

@@ -55,6 +55,8 @@ impl Handler for Ticker {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    // The library leaves process limits alone: room for as many connections as allowed.
+    ringside::raise_fd_limit()?;
     let policy = TopicPolicy { slow_consumer: SlowConsumer::Conflate, limit: args.conflate_after };
     let server = Server::builder().bind(args.listen)?.topic("tick.*", policy).build(|| Ticker)?;
     println!(

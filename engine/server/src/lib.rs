@@ -52,6 +52,43 @@ pub fn io_uring_available() -> Result<(), String> {
     runtime::probe_uring(&Settings::default())
 }
 
+/// Raises this process's soft open-file limit (RLIMIT_NOFILE) to its hard limit and returns the
+/// soft limit now in force. The library never changes process limits on its own: call this at
+/// start, before [`Builder::build`], in a program that serves many connections. epoll needs one
+/// descriptor per connection, and each io_uring worker sizes its direct-descriptor table from the
+/// soft limit when the server is built. An unlimited hard limit is taken as `fs.nr_open`, the
+/// most the kernel lets a process open.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one `rlimit` into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut target = limit.rlim_max;
+    if target == libc::RLIM_INFINITY {
+        // setrlimit refuses a soft limit above fs.nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")?;
+        target = nr_open.trim().parse().map_err(|_| {
+            std::io::Error::other(format!("/proc/sys/fs/nr_open is not a number: {nr_open:?}"))
+        })?;
+    }
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit(2) reads one `rlimit` from a live local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            let error = std::io::Error::last_os_error();
+            let why = format!(
+                "raising the open-file limit from {} to {target}: {error}; set it before starting \
+                 (ulimit -n, LimitNOFILE= in a systemd unit)",
+                limit.rlim_cur
+            );
+            return Err(std::io::Error::new(error.kind(), why));
+        }
+        limit.rlim_cur = target;
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Logs an error at most once a second per kind, so a flood (EMFILE on every accept) does not
 /// flood the log, and one kind does not hide another.
 pub(crate) fn log_rate_limited(what: &'static str, error: &std::io::Error) {

@@ -129,6 +129,14 @@ impl Deflater {
     /// (section 7.2.1: DEFLATE, a sync flush, the final `00 00 ff ff` removed). An empty payload
     /// becomes the single byte `00` (section 7.2.3.6).
     pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        if payload.is_empty() {
+            // The single byte is an empty stored block once the peer appends the tail: it
+            // changes neither side's window. Asking zlib instead fails on a second empty
+            // message in a row: a sync flush with no input since the last one makes no
+            // progress (Z_BUF_ERROR) and writes nothing, not even the empty block.
+            out.push(0);
+            return;
+        }
         let start = out.len();
         let mut input = payload;
         loop {
@@ -357,6 +365,23 @@ mod tests {
         // 7.2.3.5: a final block (BFINAL set), as some senders flush.
         let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
         assert_eq!(inflate_all(&mut Inflater::new(15, false), &bfinal, 100).unwrap(), b"Hello");
+    }
+
+    #[test]
+    fn empty_messages_in_a_row_keep_the_stream_whole() {
+        // With context takeover, a second empty message used to find zlib with nothing to
+        // flush: no bytes at all, and the tail cut from what `out` already held.
+        for window in [9, 15] {
+            let mut d = Deflater::new(window, false, 6);
+            let mut i = Inflater::new(window, false);
+            let mut out = b"kept".to_vec();
+            for msg in [&b""[..], b"", b"Hello", b"", b"Hello"] {
+                let start = out.len();
+                d.compress(msg, &mut out);
+                assert_eq!(inflate_all(&mut i, &out[start..], 100).unwrap(), msg);
+            }
+            assert!(out.starts_with(b"kept"));
+        }
     }
 
     #[test]

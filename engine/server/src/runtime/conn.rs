@@ -8,7 +8,7 @@
 //! a message borrowed from the protocol state and the handle that writes to the send queue can
 //! live at the same time.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ringside_proto::{CloseCode, Connection};
 
@@ -86,25 +86,66 @@ pub(crate) struct Stash {
     pub pos: usize,
 }
 
-/// The application's side of an open connection.
+/// The application's side of an open connection: 24 bytes with `C = ()`, since every
+/// connection pays for it. What most connections do not have (an IPv6 or proxied client, a
+/// request target other than `/`) lives in one optional box.
 #[derive(Debug)]
 pub(crate) struct App<C> {
     pub data: C,
-    /// The client's address (behind trusted proxies, the one they named).
-    pub peer: SocketAddr,
-    /// The TCP peer, kept only when it differs from `peer` (a proxy's): a direct connection
-    /// pays one word for it.
-    pub tcp_peer: Option<Box<SocketAddr>>,
-    /// The request target when it was not plain `/` (path and query).
-    #[allow(
-        clippy::box_collection,
-        reason = "one pointer in the box every connection pays for, where `Box<str>` is two"
-    )]
-    pub target: Option<Box<String>>,
+    /// The client's address when it is IPv4 and there is no `extra` naming another.
+    peer_v4: SocketAddrV4,
     /// Index of the chosen subprotocol in the settings (`u8::MAX`: none).
     pub protocol: u8,
+    extra: Option<Box<Extra>>,
     /// A close the handler asked for, applied once its callback returns.
     pub close_request: CloseRequest,
+}
+
+/// What an open connection knows about its upgrade beyond an IPv4 client asking for `/`.
+#[derive(Debug)]
+struct Extra {
+    /// The client's address (behind trusted proxies, the one they named).
+    peer: SocketAddr,
+    /// The TCP peer (a proxy's address, behind one).
+    tcp_peer: SocketAddr,
+    /// The request target (path and query).
+    target: Box<str>,
+}
+
+impl<C> App<C> {
+    /// `peer`: the client (behind trusted proxies, the one they named); `tcp_peer`: the other
+    /// end of the TCP connection; `target`: the request target.
+    pub fn new(
+        data: C,
+        peer: SocketAddr,
+        tcp_peer: SocketAddr,
+        target: &str,
+        protocol: u8,
+    ) -> Self {
+        let (peer_v4, extra) = match peer {
+            SocketAddr::V4(v4) if tcp_peer == peer && target == "/" => (v4, None),
+            _ => (
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                Some(Box::new(Extra { peer, tcp_peer, target: target.into() })),
+            ),
+        };
+        App { data, peer_v4, protocol, extra, close_request: None }
+    }
+
+    /// The client's address: the TCP peer's, unless a trusted proxy named another.
+    pub fn peer(&self) -> SocketAddr {
+        self.extra.as_ref().map_or(SocketAddr::V4(self.peer_v4), |e| e.peer)
+    }
+
+    /// The other end of the TCP connection.
+    pub fn tcp_peer(&self) -> SocketAddr {
+        self.extra.as_ref().map_or(SocketAddr::V4(self.peer_v4), |e| e.tcp_peer)
+    }
+
+    /// The request target: path and query.
+    pub fn target(&self) -> &str {
+        self.extra.as_ref().map_or("/", |e| &e.target)
+    }
 }
 
 /// Flag bits of [`Io::flags`].
@@ -193,5 +234,22 @@ mod tests {
     #[test]
     fn an_idle_slot_stays_small() {
         assert!(std::mem::size_of::<Conn<()>>() <= 40, "{}", std::mem::size_of::<Conn<()>>());
+        // The open box: protocol state, application side and input bookkeeping. 152 bytes is
+        // a 160-byte heap chunk; one byte more costs 16.
+        assert!(std::mem::size_of::<Open<()>>() <= 152, "{}", std::mem::size_of::<Open<()>>());
+        assert_eq!(std::mem::size_of::<App<()>>(), 24);
+    }
+
+    #[test]
+    fn the_app_side_keeps_what_it_was_given() {
+        let v4: SocketAddr = "10.1.2.3:4000".parse().unwrap();
+        let v6: SocketAddr = "[::1]:5000".parse().unwrap();
+        let plain = App::new((), v4, v4, "/", 0);
+        assert_eq!((plain.peer(), plain.tcp_peer(), plain.target()), (v4, v4, "/"));
+        assert!(plain.extra.is_none());
+        let proxied = App::new((), v4, v6, "/a?b=c", u8::MAX);
+        assert_eq!((proxied.peer(), proxied.tcp_peer(), proxied.target()), (v4, v6, "/a?b=c"));
+        let six = App::new((), v6, v6, "/", 1);
+        assert_eq!((six.peer(), six.tcp_peer(), six.target()), (v6, v6, "/"));
     }
 }

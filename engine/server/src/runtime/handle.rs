@@ -230,23 +230,23 @@ impl<'a, C> WebSocket<'a, C> {
     /// The client's address: the TCP peer's, unless a trusted proxy named the client (see
     /// [`Upgrading::peer_addr`](crate::Upgrading::peer_addr)).
     pub fn peer_addr(&self) -> SocketAddr {
-        self.app.peer
+        self.app.peer()
     }
 
     /// The address of the TCP connection's other end (the proxy, behind one).
     pub fn tcp_peer_addr(&self) -> SocketAddr {
-        self.app.tcp_peer.as_deref().copied().unwrap_or(self.app.peer)
+        self.app.tcp_peer()
     }
 
     /// The path of the upgrade request, without the query.
     pub fn path(&self) -> &str {
-        let target = self.app.target.as_deref().map_or("/", String::as_str);
+        let target = self.app.target();
         target.split_once('?').map_or(target, |(path, _)| path)
     }
 
     /// The query of the upgrade request (after `?`), if it had one.
     pub fn query(&self) -> Option<&str> {
-        self.app.target.as_deref().and_then(|t| t.split_once('?')).map(|(_, q)| q)
+        self.app.target().split_once('?').map(|(_, q)| q)
     }
 
     /// The subprotocol chosen at the upgrade, if any.

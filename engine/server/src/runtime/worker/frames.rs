@@ -111,8 +111,9 @@ impl<H: Handler> Core<H> {
             }
         }
         if !o.proto.output().is_empty() {
-            conn.io.queue.push(&mut self.local.pool, o.proto.output());
-            o.proto.consume_output(usize::MAX);
+            // Taken, not drained: the protocol's output buffer (pongs, closes) goes with it, so
+            // a connection that answered a ping once holds nothing for it while idle.
+            conn.io.queue.push(&mut self.local.pool, &o.proto.take_output());
             self.local.mark_dirty(id, &mut conn.io);
         }
         if o.proto.is_closed() && !conn.io.has(flag::CLOSE_REQUESTED) {

@@ -114,15 +114,7 @@ impl<H: Handler> Core<H> {
                                         self.handshake.subprotocols.iter().position(|s| s == p)
                                     })
                                     .map_or(u8::MAX, |i| i.min(254) as u8);
-                                let target = req.target();
-                                App {
-                                    data,
-                                    peer: client,
-                                    tcp_peer: (tcp_peer != client).then(|| Box::new(tcp_peer)),
-                                    target: (target != "/").then(|| Box::new(target.to_owned())),
-                                    protocol,
-                                    close_request: None,
-                                }
+                                App::new(data, client, tcp_peer, req.target(), protocol)
                             });
                             (reply, app, accept.protocol)
                         }

@@ -79,7 +79,7 @@ impl<H: Handler> Core<H> {
         let Some(conn) = self.conns.get_mut(id) else { return };
         let peer = match &conn.phase {
             Phase::Handshake(p) => Some(p.peer),
-            Phase::Open(o) => Some(o.app.peer),
+            Phase::Open(o) => Some(o.app.peer()),
             Phase::Done => None,
         };
         tracing::debug!(target: "ringside", ?peer, error, "TLS failed; closing the connection");

@@ -92,9 +92,9 @@ pub(super) fn has_uring_cmd(ring: &IoUring) -> bool {
         && probe.is_supported(opcode::SetSockOpt::CODE)
 }
 
-/// Registers the direct-descriptor table: as many slots as RLIMIT_NOFILE allows (after raising
-/// the soft limit to the hard one), no more than the connection cap needs, halving on refusal.
-/// Returns the size obtained.
+/// Registers the direct-descriptor table: as many slots as RLIMIT_NOFILE's soft limit allows
+/// (the library does not raise it: [`crate::raise_fd_limit`] is the caller's choice), no more
+/// than the connection cap needs, halving on refusal. Returns the size obtained.
 pub(super) fn register_files(ring: &IoUring, max_connections: usize) -> io::Result<u32> {
     let wanted = (max_connections as u64).saturating_add(REFUSAL_ROOM);
     register_table(ring, wanted.min(nofile_limit()).max(16))
@@ -117,21 +117,12 @@ pub(super) fn register_table(ring: &IoUring, slots: u64) -> io::Result<u32> {
     }
 }
 
-/// RLIMIT_NOFILE's soft limit after raising it to the hard limit. The kernel caps a fixed-file
-/// table at the soft limit, per ring.
+/// RLIMIT_NOFILE's soft limit: the kernel caps a fixed-file table at it, per ring.
 pub(super) fn nofile_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit(2) writes one `rlimit` into a live local.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return 1024;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-        // SAFETY: setrlimit(2) reads one `rlimit` from a live local. An unlimited hard limit is
-        // refused (fs.nr_open caps it); the soft limit then stays as it was.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        }
     }
     limit.rlim_cur
 }

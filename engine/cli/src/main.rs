@@ -424,7 +424,14 @@ fn run(args: Args) -> io::Result<()> {
         ..Settings::default()
     };
     settings.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let fd_limit = raise_fd_limit();
+    // Before building: each io_uring worker sizes its direct-descriptor table from this limit.
+    let fd_limit = match ringside::raise_fd_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
     let builder = Server::builder().settings(settings.clone());
     match args.app {
         App::Echo => serve(builder.build(|| Echo)?, &settings, fd_limit, "echo", args.metrics),
@@ -437,7 +444,7 @@ fn run(args: Args) -> io::Result<()> {
 fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     server: ringside::Running<H, F>,
     s: &Settings,
-    fd_limit: u64,
+    fd_limit: Option<u64>,
     app: &str,
     metrics_secs: u64,
 ) -> io::Result<()> {
@@ -449,7 +456,7 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     tracing::info!(
         "app {app}, backend {backend}, {workers} worker(s), {}, pinning {}, \
          max message {} B, max frame {} B, send limit {} B ({:?} when over), idle timeout {} s, \
-         deflate {:?}, output budget {} B, socket send buffer {} B, open-file limit {fd_limit}",
+         deflate {:?}, output budget {} B, socket send buffer {} B, open-file limit {}",
         if s.tls.is_some() { "TLS (wss)" } else { "plain ws" },
         if s.pin { "on" } else { "off" },
         s.max_message_size,
@@ -460,6 +467,7 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
         s.deflate,
         s.max_buffered_output,
         s.socket_send_buffer,
+        fd_limit.map_or_else(|| "not raised".to_owned(), |n| n.to_string()),
     );
     if !s.trusted_proxies.is_empty() || s.proxy_protocol != ProxyProtocol::Off {
         let headers: Vec<&str> = s.forwarded_headers.iter().map(|h| h.name()).collect();
@@ -470,7 +478,7 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
             s.proxy_protocol,
         );
     }
-    if backend == "epoll" && fd_limit < 100_000 {
+    if let Some(fd_limit) = fd_limit.filter(|&n| backend == "epoll" && n < 100_000) {
         tracing::warn!(
             "epoll uses one process fd per connection; this process can hold at most about \
              {fd_limit} connections (io_uring's direct descriptors do not count)"
@@ -544,22 +552,4 @@ fn serve<H: Handler, F: Fn() -> H + Send + Sync + 'static>(
     handle.shutdown()?;
     tracing::info!("shut down");
     Ok(())
-}
-
-/// Raises the soft open-file limit to the hard one; returns the limit in force.
-fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write one live `rlimit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    lim.rlim_cur
 }
