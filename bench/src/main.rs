@@ -107,6 +107,10 @@ enum Cmd {
         /// Connections of the active echo sample.
         #[arg(long, default_value_t = 1000)]
         sample: u64,
+        /// Messages per second each sampled connection sends in the open-loop phase (after the
+        /// closed-loop one); 0: closed loop only.
+        #[arg(long, default_value_t = 10.0)]
+        open_rate: f64,
         #[arg(long, default_value_t = 5.0)]
         hold_secs: f64,
         #[arg(long, default_value_t = 5.0)]
@@ -486,6 +490,7 @@ fn main() {
             procs,
             ramp_rate,
             sample,
+            open_rate,
             hold_secs,
             sample_secs,
             label,
@@ -500,6 +505,7 @@ fn main() {
                     procs,
                     ramp_rate,
                     sample,
+                    open_rate,
                     hold_secs,
                     sample_secs,
                     server_cpus: cpus.server_cpus,

@@ -25,6 +25,8 @@ pub struct Options {
     pub procs: Option<usize>,
     pub ramp_rate: f64,
     pub sample: u64,
+    /// Messages per second per sampled connection in the open-loop phase (0: none).
+    pub open_rate: f64,
     pub hold_secs: f64,
     pub sample_secs: f64,
     pub server_cpus: String,
@@ -87,6 +89,8 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         &o.hold_secs.to_string(),
         "--sample-secs",
         &o.sample_secs.to_string(),
+        "--open-rate",
+        &o.open_rate.to_string(),
         "--server-pid",
         &server.pid().to_string(),
         "--threads",
@@ -103,7 +107,7 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         load.extend(["--procs".to_owned(), p.to_string()]);
     }
     let limit = Duration::from_secs_f64(
-        o.conns as f64 / o.ramp_rate.max(1.0) * 3.0 + o.hold_secs + o.sample_secs + 300.0,
+        o.conns as f64 / o.ramp_rate.max(1.0) * 3.0 + o.hold_secs + 2.0 * o.sample_secs + 300.0,
     );
     let report = procs::load(&bins, &o.load_cpus, &load, limit)?;
     let alive = server.alive();
@@ -172,14 +176,48 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
             ),
         ),
         (
-            "echo on an active sample while all are held",
+            "echo, closed loop: each sampled connection keeps one message in flight",
             format!(
-                "{} connections: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+                "{} connections, {:.0} echoes/s: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, \
+                 max {:.0} us",
                 o.sample,
+                num(r, "sample_latency_us.count") / o.sample_secs,
                 num(r, "sample_latency_us.p50"),
                 num(r, "sample_latency_us.p99"),
                 num(r, "sample_latency_us.p999"),
                 num(r, "sample_latency_us.max")
+            ),
+        ),
+        (
+            "echo, open loop: each sampled connection sends on a fixed schedule",
+            if o.open_rate > 0.0 {
+                format!(
+                    "{} connections x {} messages/s ({} sent, {} echoed in the window): p50 \
+                     {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us (from the scheduled \
+                     send; the client sent up to {:.0} us late)",
+                    o.sample,
+                    o.open_rate,
+                    num(r, "open_sent"),
+                    num(r, "open_received"),
+                    num(r, "open_latency_us.p50"),
+                    num(r, "open_latency_us.p99"),
+                    num(r, "open_latency_us.p999"),
+                    num(r, "open_latency_us.max"),
+                    num(r, "open_behind_max_us")
+                )
+            } else {
+                "not run (--open-rate 0)".to_owned()
+            },
+        ),
+        (
+            "CPU in the closed-loop window (100% = one core)",
+            format!(
+                "server {:.0}% busy, its threads {:.0}% runnable but waiting for a CPU; load \
+                 generator ({} processes) {:.0}% busy",
+                100.0 * num(r, "server.cpu_util"),
+                100.0 * num(r, "server.run_delay_util"),
+                num(r, "loadgen.procs"),
+                100.0 * num(r, "loadgen.cpu_util")
             ),
         ),
         (

@@ -959,16 +959,19 @@ impl Backend for Uring {
             for r in 0..self.rings.len() {
                 // NODROP kept what did not fit in a CQ; entering again moves it in. The primary
                 // was just entered; another ring is entered first if the kernel holds
-                // completion work for it.
+                // completion work for it. With DEFER_TASKRUN one enter runs a bounded batch of
+                // that work (20 items on 6.13+ kernels, which then set IORING_SQ_TASKRUN again),
+                // so a ring with a backlog is entered again in the next round rather than
+                // waiting for the next `poll`.
                 let overflow = self.rings[r].ring.submission().cq_overflow();
                 if overflow && round > 0 {
                     self.stats.cq_overflow += 1;
                 }
-                if (round > 0 && overflow) || (round == 0 && r > 0 && self.rings[r].needs_enter()) {
+                if (round > 0 || r > 0) && self.rings[r].needs_enter() {
                     self.enter(r, Duration::ZERO)?;
                 }
                 self.reap(r);
-                more |= !self.cqes.is_empty() || self.rings[r].ring.submission().cq_overflow();
+                more |= !self.cqes.is_empty() || self.rings[r].needs_enter();
                 let batch = std::mem::take(&mut self.cqes);
                 for cqe in &batch {
                     self.dispatch(r, cqe, driver);
