@@ -106,7 +106,8 @@ enum Cmd {
     Scale {
         #[arg(long, default_value_t = 200_000)]
         conns: u64,
-        /// Server workers (io_uring rings); 0: one per 15,000 connections.
+        /// Server workers; 0: the server's default, one per CPU of --server-cpus (each worker
+        /// drives as many io_uring rings as its connections need).
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Source addresses 127.0.0.1 .. 127.0.0.N for the load generator.
@@ -121,6 +122,10 @@ enum Cmd {
         /// Connections of the active echo sample.
         #[arg(long, default_value_t = 1000)]
         sample: u64,
+        /// Messages per second each sampled connection sends in the open-loop phase (after the
+        /// closed-loop one); 0: closed loop only.
+        #[arg(long, default_value_t = 10.0)]
+        open_rate: f64,
         #[arg(long, default_value_t = 5.0)]
         hold_secs: f64,
         #[arg(long, default_value_t = 5.0)]
@@ -547,6 +552,7 @@ fn main() {
             procs,
             ramp_rate,
             sample,
+            open_rate,
             hold_secs,
             sample_secs,
             label,
@@ -561,6 +567,7 @@ fn main() {
                     procs,
                     ramp_rate,
                     sample,
+                    open_rate,
                     hold_secs,
                     sample_secs,
                     server_cpus: cpus.server_cpus,

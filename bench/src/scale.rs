@@ -1,11 +1,11 @@
 //! `ringside-bench scale`: one Ringside process holds N concurrent WebSocket connections
 //! (200,000 by default), measured while it holds them, then closes them all.
 //!
-//! The server runs on io_uring with more workers (rings) than CPUs: each ring's fixed-file table
-//! is capped at RLIMIT_NOFILE (20,000 here), and SO_REUSEPORT spreads connections over the
-//! workers' listeners, so N / workers must stay well under that cap. The load generator spreads
-//! over child processes (each under its own open-file limit) and source addresses 127.0.0.x
-//! (about 28,000 ephemeral ports per address pair).
+//! The server runs on io_uring with one worker per CPU it may run on (the server's default). A
+//! ring's fixed-file table is capped at RLIMIT_NOFILE (20,000 here), so each worker drives as
+//! many rings as its connections need, adding one when its tables are full. The load generator
+//! spreads over child processes (each under its own open-file limit) and source addresses
+//! 127.0.0.x (about 28,000 ephemeral ports per address pair).
 
 use std::fmt::Write as _;
 use std::io;
@@ -19,12 +19,14 @@ use crate::procs::{self, errors, num, ServerProcess};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub conns: u64,
-    /// Server workers (rings); 0: enough for 15,000 connections each.
+    /// Server workers; 0: the server's default, one per CPU it may run on.
     pub workers: usize,
     pub source_addrs: u32,
     pub procs: Option<usize>,
     pub ramp_rate: f64,
     pub sample: u64,
+    /// Messages per second per sampled connection in the open-loop phase (0: none).
+    pub open_rate: f64,
     pub hold_secs: f64,
     pub sample_secs: f64,
     pub server_cpus: String,
@@ -37,8 +39,7 @@ pub struct Options {
 
 pub fn main(o: Options, command: &str) -> io::Result<()> {
     let bins = procs::bin_dir()?;
-    let workers =
-        if o.workers == 0 { (o.conns as usize).div_ceil(15_000).max(1) } else { o.workers };
+    let workers = if o.workers == 0 { cpus_in(&o.server_cpus) } else { o.workers };
     let per_worker = (o.conns as usize).div_ceil(workers);
     let args: Vec<String> = [
         "--listen",
@@ -59,11 +60,16 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
     ]
     .iter()
     .map(|s| (*s).to_owned())
-    .chain(["--workers".to_owned(), workers.to_string()])
+    .chain(
+        (o.workers != 0)
+            .then(|| ["--workers".to_owned(), workers.to_string()])
+            .into_iter()
+            .flatten(),
+    )
     .collect();
     eprintln!(
-        "scale: {} connections on {workers} io_uring workers (~{per_worker} each), {} source \
-         addresses",
+        "scale: {} connections on {workers} io_uring workers (~{per_worker} each, in rings of \
+         up to the open-file limit), {} source addresses",
         o.conns, o.source_addrs
     );
     let mut server = ServerProcess::start(&o.server_cpus, &bins.join("ringside"), &args)?;
@@ -83,6 +89,8 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         &o.hold_secs.to_string(),
         "--sample-secs",
         &o.sample_secs.to_string(),
+        "--open-rate",
+        &o.open_rate.to_string(),
         "--server-pid",
         &server.pid().to_string(),
         "--threads",
@@ -99,7 +107,7 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         load.extend(["--procs".to_owned(), p.to_string()]);
     }
     let limit = Duration::from_secs_f64(
-        o.conns as f64 / o.ramp_rate.max(1.0) * 3.0 + o.hold_secs + o.sample_secs + 300.0,
+        o.conns as f64 / o.ramp_rate.max(1.0) * 3.0 + o.hold_secs + 2.0 * o.sample_secs + 300.0,
     );
     let report = procs::load(&bins, &o.load_cpus, &load, limit)?;
     let alive = server.alive();
@@ -132,8 +140,9 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
     let _ = writeln!(md, "### Scale: {} connections ({})\n", o.conns, o.label);
     let _ = writeln!(
         md,
-        "Machine: {}. Date: {}. One Ringside process, io_uring, {workers} workers (rings) on \
-         CPU(s) {}; `ringside-load hold` on CPU(s) {} over {} source addresses.\n",
+        "Machine: {}. Date: {}. One Ringside process, io_uring, {workers} worker(s) on CPU(s) \
+         {} (each driving as many rings as its connections need); `ringside-load hold` on \
+         CPU(s) {} over {} source addresses.\n",
         procs::machine(),
         procs::today(),
         o.server_cpus,
@@ -167,14 +176,48 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
             ),
         ),
         (
-            "echo on an active sample while all are held",
+            "echo, closed loop: each sampled connection keeps one message in flight",
             format!(
-                "{} connections: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+                "{} connections, {:.0} echoes/s: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, \
+                 max {:.0} us",
                 o.sample,
+                num(r, "sample_latency_us.count") / o.sample_secs,
                 num(r, "sample_latency_us.p50"),
                 num(r, "sample_latency_us.p99"),
                 num(r, "sample_latency_us.p999"),
                 num(r, "sample_latency_us.max")
+            ),
+        ),
+        (
+            "echo, open loop: each sampled connection sends on a fixed schedule",
+            if o.open_rate > 0.0 {
+                format!(
+                    "{} connections x {} messages/s ({} sent, {} echoed in the window): p50 \
+                     {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us (from the scheduled \
+                     send; the client sent up to {:.0} us late)",
+                    o.sample,
+                    o.open_rate,
+                    num(r, "open_sent"),
+                    num(r, "open_received"),
+                    num(r, "open_latency_us.p50"),
+                    num(r, "open_latency_us.p99"),
+                    num(r, "open_latency_us.p999"),
+                    num(r, "open_latency_us.max"),
+                    num(r, "open_behind_max_us")
+                )
+            } else {
+                "not run (--open-rate 0)".to_owned()
+            },
+        ),
+        (
+            "CPU in the closed-loop window (100% = one core)",
+            format!(
+                "server {:.0}% busy, its threads {:.0}% runnable but waiting for a CPU; load \
+                 generator ({} processes) {:.0}% busy",
+                100.0 * num(r, "server.cpu_util"),
+                100.0 * num(r, "server.run_delay_util"),
+                num(r, "loadgen.procs"),
+                100.0 * num(r, "loadgen.cpu_util")
             ),
         ),
         (
@@ -188,4 +231,33 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
         let _ = writeln!(md, "| {k} | {v} |");
     }
     md
+}
+
+/// CPUs in a taskset list such as `0`, `0-3` or `0,2-3` (the server's default worker count when
+/// it runs pinned to them); 1 when the list cannot be read.
+fn cpus_in(list: &str) -> usize {
+    let count: usize = list
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => usize::from(part.trim().parse::<usize>().is_ok()),
+        })
+        .sum();
+    count.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpus_in;
+
+    #[test]
+    fn counts_the_cpus_of_a_taskset_list() {
+        assert_eq!(cpus_in("0"), 1);
+        assert_eq!(cpus_in("0-3"), 4);
+        assert_eq!(cpus_in("0,2-3"), 3);
+        assert_eq!(cpus_in("junk"), 1);
+    }
 }

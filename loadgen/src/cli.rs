@@ -174,9 +174,14 @@ pub struct HoldArgs {
     /// Held connections that measure echo latency (1 in flight) while all are held.
     #[arg(long, default_value_t = 1000)]
     pub sample: u64,
-    /// Seconds of sampling.
+    /// Seconds of sampling, in each of the two phases.
     #[arg(long, default_value_t = 3.0)]
     pub sample_secs: f64,
+    /// Messages per second each sampled connection sends in the open-loop phase that follows
+    /// the closed-loop one (sent on schedule whether or not the echoes are back; latency from
+    /// the scheduled time). 0: no open-loop phase.
+    #[arg(long, default_value_t = 10.0)]
+    pub open_rate: f64,
     /// Payload bytes of the sample echoes.
     #[arg(long, default_value_t = 20)]
     pub size: usize,

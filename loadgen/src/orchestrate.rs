@@ -17,7 +17,7 @@ use crate::part::{self, FromPart, PartSpec, Progress, Setup, Times, ToPart};
 use crate::plan::{self, Inputs, Plan};
 use crate::procfs;
 use crate::report::{self, Readings, ServerReading};
-use crate::scenario::hold::sample_warmup_s;
+use crate::scenario::hold::{open_window, sample_warmup_s};
 use crate::stats::Tally;
 use crate::sys::{self, now_ns, secs_ns};
 use crate::target::{is_loopback_v4, Target};
@@ -105,15 +105,19 @@ fn drive(
         readings.sockstat_held = procfs::socket_memory();
     }
     parts.sleep_until(times.t0)?;
+    let delay_of = |pid: Option<u32>| pid.and_then(|p| procfs::run_delay_s(p).ok());
     let server_cpu0 = cpu_of(server)?;
+    let server_delay0 = delay_of(server);
     let self_cpu0 = sys::self_cpu_s();
     parts.sleep_until(times.t1)?;
     let server_cpu1 = cpu_of(server)?;
+    let server_delay1 = delay_of(server);
     let self_cpu1 = sys::self_cpu_s();
     if let Some(pid) = server {
         readings.server = Some(ServerReading {
             pid,
             cpu_s: server_cpu1.unwrap_or(0.0) - server_cpu0.unwrap_or(0.0),
+            run_delay_s: server_delay1.zip(server_delay0).map(|(b, a)| (b - a).max(0.0)),
             rss_bytes: procfs::rss_bytes(pid).ok(),
         });
     }
@@ -145,7 +149,8 @@ fn phase_times(scenario: &Scenario, start: u64) -> Times {
             let hold_end = start + secs_ns(h.hold_secs);
             let t0 = hold_end + secs_ns(sample_warmup_s(c));
             let t1 = t0 + secs_ns(h.sample_secs);
-            Times { start, t0, t1, stop: t1 }
+            let stop = if h.open_rate > 0.0 { open_window(h, t1).1 } else { t1 };
+            Times { start, t0, t1, stop }
         }
         _ => {
             let t0 = start + secs_ns(c.warmup);

@@ -16,6 +16,22 @@ pub fn cpu_s(pid: u32) -> io::Result<f64> {
         .ok_or_else(|| io::Error::other(format!("unparsable /proc/{pid}/stat")))
 }
 
+/// Seconds the threads of process `pid` spent runnable but waiting for a CPU, summed over its
+/// threads alive now (the second field of /proc/PID/task/TID/schedstat; 0 where the kernel
+/// keeps no schedstats). Over a window it says whether a slow server was busy or starved.
+pub fn run_delay_s(pid: u32) -> io::Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| io::Error::new(e.kind(), format!("reading /proc/{pid}/task: {e}")))?;
+    let mut ns: u64 = 0;
+    for task in tasks.flatten() {
+        // A thread may exit between the listing and the read: skip it.
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += text.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
 /// utime + stime from the text of /proc/PID/stat.
 fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name may hold spaces and parentheses: the fields start after the last ')'.
@@ -97,6 +113,7 @@ mod tests {
         let stat = "4242 (we ird) (name)) S 1 4242 4242 0 -1 4194560 100 0 0 0 37 5 0 0 20 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(42));
         assert!(cpu_s(std::process::id()).is_ok());
+        assert!(run_delay_s(std::process::id()).unwrap() >= 0.0);
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
     }
 

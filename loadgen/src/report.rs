@@ -27,6 +27,8 @@ pub struct ServerReading {
     pub pid: u32,
     /// CPU seconds over exactly the measured window.
     pub cpu_s: f64,
+    /// Seconds its threads waited, runnable, for a CPU over the window (None: no schedstats).
+    pub run_delay_s: Option<f64>,
     pub rss_bytes: Option<u64>,
 }
 
@@ -82,6 +84,7 @@ pub fn build(
             "cpu_s": (s.cpu_s * 1000.0).round() / 1000.0,
             "cpu_us_per_msg": per(s.cpu_s * 1e6, messages),
             "cpu_util": per(s.cpu_s, window),
+            "run_delay_util": s.run_delay_s.map_or(Value::Null, |d| per(d, window)),
             "rss_bytes": opt(s.rss_bytes),
         });
         if matches!(scenario, Scenario::Fanout(_)) {
@@ -191,6 +194,11 @@ pub fn build(
             o.insert("sockstat_held".into(), r.sockstat_held.clone());
             o.insert("sample".into(), json!(a.sample.min(a.conns)));
             o.insert("sample_latency_us".into(), latency_json(&t.latency));
+            o.insert("open_rate".into(), json!(a.open_rate));
+            o.insert("open_sent".into(), json!(t.open_sent));
+            o.insert("open_received".into(), json!(t.open_received));
+            o.insert("open_latency_us".into(), latency_json(&t.open_latency));
+            o.insert("open_behind_max_us".into(), json!(t.max_behind_ns as f64 / 1e3));
             o.insert("close_s".into(), json!(secs(t.close_start_ns, t.close_end_ns)));
             o.insert("closed_clean".into(), json!(t.close_clean));
             o.insert("closed_unclean".into(), json!(t.close_unclean));
@@ -362,6 +370,9 @@ pub fn summary(v: &Value) -> String {
         _ => "latency",
     };
     lat(&mut s, name, &v["latency_us"]);
+    if v["open_latency_us"]["count"].as_u64().unwrap_or(0) > 0 {
+        lat(&mut s, "open-loop sample latency", &v["open_latency_us"]);
+    }
     if let Some(sv) = v["server"].as_object() {
         let _ = writeln!(
             s,

@@ -184,6 +184,12 @@ pub struct Tally {
     /// publish to delivery.
     #[serde(with = "histogram_base64")]
     pub latency: Histogram<u64>,
+    /// Hold: the open-loop phase's echo latency from each message's scheduled send time, and
+    /// its messages sent and echoed in its window.
+    #[serde(with = "histogram_base64")]
+    pub open_latency: Histogram<u64>,
+    pub open_sent: u64,
+    pub open_received: u64,
     /// Connect: handshakes completed in the window, and full cycles (clean close included).
     pub handshakes: u64,
     pub cycles: u64,
@@ -221,6 +227,9 @@ impl Default for Tally {
             behind: new_histogram(),
             dropped_sends: 0,
             latency: new_histogram(),
+            open_latency: new_histogram(),
+            open_sent: 0,
+            open_received: 0,
             handshakes: 0,
             cycles: 0,
             pings: 0,
@@ -271,6 +280,9 @@ impl Tally {
         self.behind.add(&o.behind).expect("histograms share their bounds");
         self.dropped_sends += o.dropped_sends;
         self.latency.add(&o.latency).expect("histograms share their bounds");
+        self.open_latency.add(&o.open_latency).expect("histograms share their bounds");
+        self.open_sent += o.open_sent;
+        self.open_received += o.open_received;
         self.handshakes += o.handshakes;
         self.cycles += o.cycles;
         self.pings += o.pings;

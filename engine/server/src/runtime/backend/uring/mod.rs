@@ -1,14 +1,22 @@
-//! The io_uring backend: one ring per worker, created and used on the worker's thread only.
+//! The io_uring backend: one ring per worker, or several when one ring's direct-descriptor table
+//! cannot hold the worker's connections (see `ring.rs`), created and used on the worker's thread
+//! only.
 //!
-//! Operations: [`accept::SLOTS`] single-shot accepts into direct descriptors (the ring's
+//! Operations: [`accept::SLOTS`] single-shot accepts into direct descriptors (a ring's
 //! fixed-file table, so held connections take no slot in the process fd table), each with its
 //! own peer-address buffer (see `accept.rs`), a multishot recv per connection selecting
-//! from one provided-buffer ring per worker, one `Send` (or `SendMsg` over an iovec array, when
+//! from its ring's provided-buffer ring, one `Send` (or `SendMsg` over an iovec array, when
 //! shared frames are queued) at a time per connection straight from its [`SendQueue`],
 //! `Shutdown`, `AsyncCancel` and `Close` on the direct descriptor to close, and a multishot poll
-//! on the waker's eventfd. TCP_NODELAY is set on the listener (accepted
+//! on the waker's eventfd in the primary ring. TCP_NODELAY is set on the listener (accepted
 //! sockets inherit it) and again per connection through the socket uring_cmd where the kernel
-//! has it (6.7+). One `io_uring_enter` per loop iteration submits everything and waits.
+//! has it (6.7+). One `io_uring_enter` per loop iteration submits everything and waits; a worker
+//! with several rings also enters each other ring that has submissions or completion work.
+//!
+//! A connection lives in one ring: the one its accept was armed on, which allocated its direct
+//! descriptor. Accepts are armed only on a ring with a free slot (the lowest such), and a new
+//! ring is set up when every table is full, until the tables hold the connection cap; while none
+//! can take one, accepts wait for a close and clients wait in the listen queue.
 //!
 //! Every operation's `user_data` names its kind, connection id and the id's generation. Each
 //! connection counts the operations that still owe a final completion. Closing cancels what is
@@ -23,6 +31,7 @@
 mod accept;
 mod buf_ring;
 mod op;
+mod ring;
 mod setup;
 #[cfg(test)]
 mod tests;
@@ -35,11 +44,12 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
-use io_uring::{cqueue, opcode, squeue, EnterFlags, IoUring};
+use io_uring::{cqueue, opcode, squeue, EnterFlags};
 
-use self::accept::Accepts;
+use self::accept::{Accepts, SLOTS};
 use self::buf_ring::{BufRing, GROUP};
 use self::op::{Kind, Op, GEN_MASK};
+use self::ring::{Ring, MAX_RINGS, SLOT_BITS};
 pub use self::setup::probe;
 use self::setup::TaskRun;
 use super::{Backend, Driver, Out, SendQueue, Waker};
@@ -93,8 +103,9 @@ const BROKEN: u16 = 1 << 11;
 /// One connection's state: 12 bytes per id.
 #[derive(Debug, Clone, Copy, Default)]
 struct Conn {
-    /// Its direct descriptor.
-    slot: u32,
+    /// Its direct descriptor: the ring's index in the high bits, the slot in that ring's table in
+    /// the low [`SLOT_BITS`].
+    file: u32,
     /// Bumped at every release, so completions for an earlier holder of the id are recognised.
     gen: u32,
     /// Operations submitted whose final completion has not arrived.
@@ -105,6 +116,16 @@ struct Conn {
 impl Conn {
     fn has(&self, flags: u16) -> bool {
         self.flags & flags != 0
+    }
+
+    /// Its slot in its ring's fixed-file table.
+    fn slot(&self) -> u32 {
+        self.file & ((1 << SLOT_BITS) - 1)
+    }
+
+    /// The ring it lives in.
+    fn ring(&self) -> usize {
+        (self.file >> SLOT_BITS) as usize
     }
 
     /// Whether its multishot recv should be running and is not.
@@ -128,28 +149,32 @@ enum Accept {
     Stopped,
 }
 
-/// One worker's ring, buffers, listener and connections.
+/// One worker's rings, listener and connections.
 pub struct Uring {
-    // Declared first: dropped (closed) before the buffers it may have pointed into.
-    ring: IoUring,
-    /// Freed in `Drop` only once the ring is quiet (see `quiesce`), else leaked.
-    bufs: ManuallyDrop<BufRing>,
+    /// Ring 0 (the primary), where the worker waits, then the rings added as tables filled.
+    /// Never empty. Each ring cancels its operations and frees its buffers when dropped.
+    rings: Vec<Ring>,
     taskrun: TaskRun,
     listener: Option<TcpListener>,
     accept: Accept,
     /// The kernel writes peer addresses into these until the accepts complete: freed in `Drop`
-    /// only once the ring is quiet, else leaked.
+    /// only once every ring is quiet, else leaked.
     accepts: ManuallyDrop<Accepts>,
+    /// The ring each accept slot's accept was armed on (meaningful while it is in flight).
+    accept_ring: [u16; SLOTS],
     /// Whether every operation is known to be over (`Some(true)`), after `quiesce`.
     quiet: Option<bool>,
     waker: Waker,
     conns: Vec<Conn>,
-    fixed_files: u32,
+    /// Direct descriptors wanted in all rings together: the connection cap and room for refusals.
+    files_wanted: u64,
+    /// Direct descriptors per ring at most: RLIMIT_NOFILE (the kernel's cap), smaller in tests.
+    files_per_ring: u64,
+    /// What a new ring is built with (its buffers come from `ring_buffers`).
+    settings: Settings,
     /// Set TCP_NODELAY (and SO_LINGER for hard closes) through the socket uring_cmd; turned off
     /// at the first completion saying the kernel cannot.
     sockopt_cmd: bool,
-    /// Submissions that did not fit in the SQ (kept in order until there is room).
-    backlog: VecDeque<squeue::Entry>,
     cqes: Vec<cqueue::Entry>,
     /// Recvs to re-arm after the current batch: (id, gen).
     rearm: Vec<(u32, u32)>,
@@ -159,6 +184,8 @@ pub struct Uring {
     /// down 4x).
     starved: VecDeque<(u32, u32)>,
     released: Vec<usize>,
+    /// Per ring, buffers left for ENOBUFS re-arms in this batch (scratch for `rearm_recvs`).
+    budget: Vec<u16>,
     stats: Stats,
     /// The worker's counters: enters, completions, ENOBUFS re-arms, bytes sent.
     metrics: WorkerMetricsRef,
@@ -179,16 +206,18 @@ struct Stats {
     stale: u64,
     cq_overflow: u64,
     backlogged: u64,
+    /// Rings set up after the primary.
+    rings_added: u64,
 }
 
 impl std::fmt::Debug for Uring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let primary = &self.rings[0].ring;
         f.debug_struct("Uring")
             .field("ring_flags", &self.taskrun.flags())
-            .field("sq_entries", &self.ring.params().sq_entries())
-            .field("cq_entries", &self.ring.params().cq_entries())
-            .field("fixed_files", &self.fixed_files)
-            .field("buffers", &self.bufs)
+            .field("sq_entries", &primary.params().sq_entries())
+            .field("cq_entries", &primary.params().cq_entries())
+            .field("rings", &self.rings)
             .field("accept", &self.accept)
             .field("accepts", &self.accepts)
             .field("live", &self.conns.iter().filter(|c| c.has(LIVE)).count())
@@ -206,31 +235,46 @@ impl Uring {
         self.stats.accept_errors
     }
 
-    /// A ring serving `listener` (bound, listening, non-blocking). Call it on the worker's
-    /// thread: the ring is set up for a single issuer.
+    /// A ring serving `listener` (bound, listening, non-blocking), and more as connections fill
+    /// its direct-descriptor table. Call it on the worker's thread: the rings are set up for a
+    /// single issuer.
     pub fn new(listener: TcpListener, waker: Waker, settings: &Settings) -> io::Result<Self> {
-        let sq = settings.ring_entries.clamp(64, 32_768);
-        let cq = sq.saturating_mul(4).min(MAX_CQ_ENTRIES);
-        let (ring, taskrun) = setup::build_ring(sq, cq)?;
-        let bufs = BufRing::new(settings.recv_buffers, settings.recv_buffer_size)?;
-        let sockopt_cmd = setup::has_uring_cmd(&ring);
+        Uring::with_files_per_ring(listener, waker, settings, setup::nofile_limit())
+    }
+
+    /// As [`Uring::new`], with at most `files_per_ring` direct descriptors per ring (tests use a
+    /// handful, to exercise several rings without holding thousands of sockets).
+    fn with_files_per_ring(
+        listener: TcpListener,
+        waker: Waker,
+        settings: &Settings,
+        files_per_ring: u64,
+    ) -> io::Result<Self> {
+        let files_wanted =
+            (settings.max_connections_per_worker as u64).saturating_add(setup::REFUSAL_ROOM);
+        let files = ring::table_size(files_wanted, 0, files_per_ring);
+        let (sq, cq) = ring_entries(settings);
+        let (primary, taskrun) = Ring::new(sq, cq, files, ring_buffers(settings, 0)?, None)?;
+        let sockopt_cmd = setup::has_uring_cmd(&primary.ring);
         let mut this = Uring {
-            ring,
-            bufs: ManuallyDrop::new(bufs),
+            rings: vec![primary],
             taskrun,
             listener: None,
             accept: Accept::Stopped,
             accepts: ManuallyDrop::new(Accepts::new()),
+            accept_ring: [0; SLOTS],
             quiet: None,
             waker,
             conns: Vec::new(),
-            fixed_files: 0,
+            files_wanted,
+            files_per_ring: files_per_ring.max(1),
+            settings: settings.clone(),
             sockopt_cmd,
-            backlog: VecDeque::new(),
             cqes: Vec::with_capacity(256),
             rearm: Vec::new(),
             starved: VecDeque::new(),
             released: Vec::new(),
+            budget: Vec::new(),
             stats: Stats::default(),
             metrics: super::epoll::detached_metrics(),
             bytes_sent: 0,
@@ -238,10 +282,6 @@ impl Uring {
                 libc::c_int::try_from(settings.socket_send_buffer).unwrap_or(libc::c_int::MAX),
             ),
         };
-        this.fixed_files = setup::register_files(&this.ring, settings.max_connections_per_worker)?;
-        // SAFETY: `this` owns both; its Drop unregisters the group after cancelling every
-        // operation, and the ring field is closed before the buffers are freed.
-        unsafe { this.bufs.register(&this.ring.submitter())? };
         // Accepted sockets inherit TCP_NODELAY from the listener on Linux: every kernel gets
         // it even where the per-connection uring_cmd is missing.
         set_option(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, &ONE);
@@ -257,63 +297,86 @@ impl Uring {
         self.metrics = metrics;
     }
 
-    /// Queues a submission; when the SQ is full, submits what it holds first (every consumed
-    /// completion is already released: `reap` copies them out before dispatching), and when
-    /// even that fails keeps it, in order, for the next `poll`.
-    fn push(&mut self, entry: squeue::Entry) {
-        if self.backlog.is_empty() {
+    /// Sets up one more ring, its table sized by what the connection cap still needs; `None`
+    /// when the tables already hold the cap (or the ring count is at its limit).
+    fn add_ring(&mut self) -> Option<io::Result<usize>> {
+        let have: u64 = self.rings.iter().map(|r| u64::from(r.files)).sum();
+        if have >= self.files_wanted || self.rings.len() >= MAX_RINGS {
+            return None;
+        }
+        let files = ring::table_size(self.files_wanted, have, self.files_per_ring);
+        let index = self.rings.len();
+        let (sq, cq) = ring_entries(&self.settings);
+        let made = ring_buffers(&self.settings, index).and_then(|bufs| {
+            Ring::new(sq, cq, files, bufs, Some(self.waker.raw_fd())).map(|(ring, _)| ring)
+        });
+        Some(made.map(|ring| {
+            self.rings.push(ring);
+            self.stats.rings_added += 1;
+            tracing::debug!(rings = index + 1, files, "io_uring: another ring for connections");
+            index
+        }))
+    }
+
+    /// Queues a submission on ring `r`; when its SQ is full, submits what it holds first (every
+    /// consumed completion is already released: `reap` copies them out before dispatching), and
+    /// when even that fails keeps it, in order, for the next `poll`.
+    fn push(&mut self, r: usize, entry: squeue::Entry) {
+        let ring = &mut self.rings[r];
+        if ring.backlog.is_empty() {
             // SAFETY: every entry built here points at memory valid until its completion: a
             // connection's in-flight send bytes, iovecs and msghdr (kept by `SendQueue::begin`
             // until `complete`, and the id is not released before the completion), an accept
             // slot's address buffer (owned by `accepts`, which never moves or frees it before
             // `Drop` has cancelled and waited for every operation), or statics.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            if unsafe { ring.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            let _ = self.ring.submit();
+            let _ = ring.ring.submit();
             self.metrics.uring_enters.inc();
             // SAFETY: as above.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            if unsafe { ring.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
         }
         self.stats.backlogged += 1;
-        self.backlog.push_back(entry);
+        ring.backlog.push_back(entry);
     }
 
-    /// Moves backlogged submissions into the SQ, submitting when it fills.
-    fn drain_backlog(&mut self) {
-        while let Some(entry) = self.backlog.front() {
+    /// Moves ring `r`'s backlogged submissions into its SQ, submitting when it fills.
+    fn drain_backlog(&mut self, r: usize) {
+        let ring = &mut self.rings[r];
+        while let Some(entry) = ring.backlog.front() {
             // SAFETY: see `push`.
-            if unsafe { self.ring.submission().push(entry) }.is_err() {
+            if unsafe { ring.ring.submission().push(entry) }.is_err() {
                 self.metrics.uring_enters.inc();
-                if self.ring.submit().is_err() || self.ring.submission().is_full() {
+                if ring.ring.submit().is_err() || ring.ring.submission().is_full() {
                     return;
                 }
                 continue;
             }
-            self.backlog.pop_front();
+            ring.backlog.pop_front();
         }
     }
 
-    /// Submits everything and, if `timeout` is not zero, waits for a completion or the timeout.
-    /// Always asks for completions: with DEFER_TASKRUN that is what runs the kernel's pending
-    /// completion work (and flushes an overflowed CQ).
-    fn enter(&mut self, timeout: Duration) -> io::Result<()> {
-        self.drain_backlog();
-        let to_submit = self.ring.submission().len() as u32;
+    /// Submits everything ring `r` holds and, if `timeout` is not zero, waits for a completion
+    /// or the timeout. Always asks for completions: with DEFER_TASKRUN that is what runs the
+    /// kernel's pending completion work (and flushes an overflowed CQ).
+    fn enter(&mut self, r: usize, timeout: Duration) -> io::Result<()> {
+        self.drain_backlog(r);
+        let ring = &mut self.rings[r].ring;
+        let to_submit = ring.submission().len() as u32;
         let want = u32::from(!timeout.is_zero());
         let timespec = Timespec::from(timeout.min(MAX_WAIT));
         let args = SubmitArgs::new().timespec(&timespec);
         let mut flags = EnterFlags::GETEVENTS | EnterFlags::EXT_ARG;
-        if self.ring.params().is_feature_no_iowait() {
+        if ring.params().is_feature_no_iowait() {
             // The wait is idle time, not I/O: keep it out of iowait.
             flags |= EnterFlags::NO_IOWAIT;
         }
         // SAFETY: EXT_ARG with a live `io_uring_getevents_arg` (SubmitArgs is a transparent
         // wrapper of it) whose timespec outlives the call; the ring is ours.
-        let entered =
-            unsafe { self.ring.submitter().enter(to_submit, want, flags.bits(), Some(&args)) };
+        let entered = unsafe { ring.submitter().enter(to_submit, want, flags.bits(), Some(&args)) };
         self.metrics.uring_enters.inc();
         match entered {
             Ok(_) => Ok(()),
@@ -331,10 +394,10 @@ impl Uring {
         }
     }
 
-    /// Copies every available completion out and releases the CQ slots.
-    fn reap(&mut self) {
+    /// Copies every available completion of ring `r` out and releases the CQ slots.
+    fn reap(&mut self, r: usize) {
         self.cqes.clear();
-        self.cqes.extend(self.ring.completion());
+        self.cqes.extend(self.rings[r].ring.completion());
         self.metrics.uring_cqes.add(self.cqes.len() as u64);
     }
 
@@ -343,25 +406,74 @@ impl Uring {
             .multi(true)
             .build()
             .user_data(Op::global(Kind::Waker).encode());
-        self.push(poll);
+        self.push(0, poll);
     }
 
-    /// Puts every idle accept slot back in the ring.
+    /// Puts every idle accept slot back in a ring with room for its connection. Slots for which
+    /// no ring has room stay idle until a close frees a slot (`room_freed`).
     fn arm_accepts(&mut self) {
-        let Some(listener) = &self.listener else { return };
-        let fd = listener.as_raw_fd();
+        if self.listener.is_none() {
+            return;
+        }
         self.accept = Accept::Armed;
         for k in self.accepts.idle() {
-            let accept = self.accepts.arm(k, fd);
-            self.push(accept);
+            if !self.arm_accept(k) {
+                break;
+            }
         }
     }
 
-    /// Re-arms accept slot `k` after its completion.
-    fn arm_accept(&mut self, k: usize) {
-        let Some(listener) = &self.listener else { return };
-        let accept = self.accepts.arm(k, listener.as_raw_fd());
-        self.push(accept);
+    /// Arms accept slot `k` on the lowest ring with a free slot in its table, setting up a new
+    /// ring when every table is full; `false` when no ring can take a connection now.
+    fn arm_accept(&mut self, k: usize) -> bool {
+        let Some(fd) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else { return false };
+        let Some(r) = self.ring_with_room() else { return false };
+        let accept = self.accepts.arm(k, fd);
+        self.accept_ring[k] = r as u16;
+        self.rings[r].used += 1;
+        self.push(r, accept);
+        true
+    }
+
+    /// The lowest ring with a free slot, or a new one. When setting one up fails (out of
+    /// descriptors for the ring itself, or memory), counted as a failed accept, and accepting
+    /// backs off like after one.
+    fn ring_with_room(&mut self) -> Option<usize> {
+        if let Some(r) = self.rings.iter().position(|r| r.used < r.files) {
+            return Some(r);
+        }
+        match self.add_ring()? {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.stats.accept_errors += 1;
+                crate::log_rate_limited("accept (no room for another io_uring ring)", &e);
+                self.back_off_accepts();
+                None
+            }
+        }
+    }
+
+    /// Stops re-arming accepts until the retry timer (20 ms) re-arms them all: what accepting
+    /// does while descriptors or memory are short, instead of retrying at once.
+    fn back_off_accepts(&mut self) {
+        if self.accept != Accept::Armed {
+            return;
+        }
+        self.accept = Accept::Retrying;
+        let timer = opcode::Timeout::new(&ACCEPT_RETRY)
+            .build()
+            .user_data(Op::global(Kind::AcceptRetry).encode());
+        self.push(0, timer);
+    }
+
+    /// A slot of ring `r`'s table came free (its close completed): accept slots waiting for room
+    /// can go back in.
+    fn room_freed(&mut self, r: usize) {
+        let ring = &mut self.rings[r];
+        ring.used = ring.used.saturating_sub(1);
+        if self.accept == Accept::Armed && self.accepts.idle().next().is_some() {
+            self.arm_accepts();
+        }
     }
 
     /// The live connection `op` was submitted for, if it is still that one.
@@ -373,10 +485,10 @@ impl Uring {
         Op::conn(kind, id as u32, self.conns[id].gen)
     }
 
-    /// Queues `entry` as one more operation `id` waits for.
+    /// Queues `entry` as one more operation `id` waits for, on its ring.
     fn push_counted(&mut self, id: usize, entry: squeue::Entry) {
         self.conns[id].ops += 1;
-        self.push(entry);
+        self.push(self.conns[id].ring(), entry);
     }
 
     /// Submits an option set through the socket uring_cmd on `id`'s direct descriptor. Counted
@@ -393,7 +505,7 @@ impl Uring {
             return;
         }
         let entry = opcode::SetSockOpt::new(
-            Fixed(self.conns[id].slot),
+            Fixed(self.conns[id].slot()),
             level as u32,
             name as u32,
             value,
@@ -405,7 +517,7 @@ impl Uring {
     }
 
     fn arm_recv(&mut self, id: usize) {
-        let recv = opcode::RecvMulti::new(Fixed(self.conns[id].slot), GROUP)
+        let recv = opcode::RecvMulti::new(Fixed(self.conns[id].slot()), GROUP)
             .build()
             .user_data(self.op(Kind::Recv, id).encode());
         self.conns[id].flags |= RECV;
@@ -420,7 +532,7 @@ impl Uring {
     }
 
     fn send(&mut self, id: usize, out: Out<'_>) {
-        let fd = Fixed(self.conns[id].slot);
+        let fd = Fixed(self.conns[id].slot());
         // MSG_WAITALL: the kernel retries a short send itself instead of completing early.
         let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
         let send = match out {
@@ -453,8 +565,10 @@ impl Uring {
             return;
         }
         if conn.has(CLOSED) {
+            let r = conn.ring();
             *conn = Conn { gen: conn.gen.wrapping_add(1) & GEN_MASK, ..Conn::default() };
             self.released.push(id);
+            self.room_freed(r);
         } else {
             self.close_slot(id);
         }
@@ -489,7 +603,7 @@ impl Uring {
         }
         if !conn.has(SHUT) {
             self.conns[id].flags |= SHUT;
-            let shutdown = opcode::Shutdown::new(Fixed(conn.slot), libc::SHUT_WR)
+            let shutdown = opcode::Shutdown::new(Fixed(conn.slot()), libc::SHUT_WR)
                 .build()
                 .user_data(self.op(Kind::Shutdown, id).encode());
             self.push_counted(id, shutdown);
@@ -532,33 +646,36 @@ impl Uring {
             return;
         }
         self.conns[id].flags |= CLOSED;
-        let close = opcode::Close::new(Fixed(conn.slot))
+        let close = opcode::Close::new(Fixed(conn.slot()))
             .build()
             .user_data(self.op(Kind::Close, id).encode());
         self.push_counted(id, close);
     }
 
-    fn dispatch(&mut self, cqe: &cqueue::Entry, driver: &mut dyn Driver) {
+    /// One completion reaped from ring `r`.
+    fn dispatch(&mut self, r: usize, cqe: &cqueue::Entry, driver: &mut dyn Driver) {
         let (res, flags) = (cqe.result(), cqe.flags());
         let Some(op) = Op::decode(cqe.user_data()) else {
             self.stats.stale += 1;
             return;
         };
         match op.kind {
-            Kind::Accept => self.on_accept(op, res, driver),
+            Kind::Accept => self.on_accept(r, op, res, driver),
             Kind::AcceptRetry => {
                 if self.accept == Accept::Retrying {
                     self.arm_accepts();
                 }
             }
-            Kind::AcceptCancel | Kind::Refused => {}
+            Kind::AcceptCancel => {}
+            // The refused socket's slot is free again.
+            Kind::Refused => self.room_freed(r),
             Kind::Waker => {
                 self.waker.reset();
                 if !cqueue::more(flags) && res != -libc::EBADF && res != -libc::EINVAL {
                     self.arm_waker();
                 }
             }
-            Kind::Recv => self.on_recv(op, res, flags, driver),
+            Kind::Recv => self.on_recv(r, op, res, flags, driver),
             Kind::Send => self.on_send(op, res, driver),
             Kind::SockOpt if matches!(-res, libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY) => {
                 if self.sockopt_cmd {
@@ -582,11 +699,18 @@ impl Uring {
         }
     }
 
-    fn on_accept(&mut self, op: Op, res: i32, driver: &mut dyn Driver) {
+    /// Accept slot `op`'s accept, armed on ring `r`, completed.
+    fn on_accept(&mut self, r: usize, op: Op, res: i32, driver: &mut dyn Driver) {
         let Some(k) = self.accepts.complete(op) else {
             self.stats.stale += 1;
             return;
         };
+        if res < 0 {
+            // No slot was taken: the one this accept was promised is free again (counted here
+            // and not through `room_freed`: this slot is re-armed below, or backs off).
+            let ring = &mut self.rings[r];
+            ring.used = ring.used.saturating_sub(1);
+        }
         if res >= 0 {
             let slot = res as u32;
             let id = match self.accept {
@@ -595,12 +719,13 @@ impl Uring {
                 Accept::Stopping | Accept::Stopped => None,
             };
             match id {
-                Some(id) if id < u32::MAX as usize => self.open(id, slot),
+                Some(id) if id < u32::MAX as usize => self.open(id, r, slot),
                 refused => {
+                    // The slot stays counted in `used` until this close completes.
                     let close = opcode::Close::new(Fixed(slot))
                         .build()
                         .user_data(Op::global(Kind::Refused).encode());
-                    self.push(close);
+                    self.push(r, close);
                     if let Some(id) = refused {
                         // An id this backend cannot encode (never with a slab): give it back.
                         driver.on_hangup(id);
@@ -616,19 +741,17 @@ impl Uring {
             crate::log_rate_limited("accept", &e);
         }
         match self.accept {
-            Accept::Armed if res >= 0 => self.arm_accept(k),
+            Accept::Armed if res >= 0 => {
+                // Without room in any ring the slot waits for a close (`room_freed`).
+                self.arm_accept(k);
+            }
             Accept::Armed => {
-                // EMFILE, ENFILE (the direct-descriptor table is full), ENOBUFS...: retry later,
-                // all slots at once (the others would likely fail alike). Not at once: the
-                // accept would fail again while the shortage lasts. Unlike epoll's, this accept
-                // has already taken the connection off the listen queue when installing it in
-                // the full table fails, and the kernel closes it: while the table is full, each
-                // retry turns one waiting client away.
-                self.accept = Accept::Retrying;
-                let timer = opcode::Timeout::new(&ACCEPT_RETRY)
-                    .build()
-                    .user_data(Op::global(Kind::AcceptRetry).encode());
-                self.push(timer);
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM...: retry later, all slots at once (the others
+                // would likely fail alike). Not at once: the accept would fail again while the
+                // shortage lasts. A full direct-descriptor table is not among them: accepts are
+                // armed only where a slot is free (unlike epoll's, an accept into a full table
+                // would take the connection off the listen queue and the kernel would close it).
+                self.back_off_accepts();
             }
             Accept::Stopping if !self.accepts.any_in_flight() => {
                 self.accept = Accept::Stopped;
@@ -638,14 +761,16 @@ impl Uring {
         }
     }
 
-    /// A connection accepted into direct descriptor `slot`, known to the worker as `id`.
-    fn open(&mut self, id: usize, slot: u32) {
+    /// A connection accepted into direct descriptor `slot` of ring `r`, known to the worker as
+    /// `id`.
+    fn open(&mut self, id: usize, r: usize, slot: u32) {
         if self.conns.len() <= id {
             self.conns.resize(id + 1, Conn::default());
         }
         let conn = &mut self.conns[id];
         debug_assert!(!conn.has(LIVE), "the worker reused id {id} before its release");
-        *conn = Conn { slot, gen: conn.gen, ops: 0, flags: LIVE };
+        let file = (r as u32) << SLOT_BITS | slot;
+        *conn = Conn { file, gen: conn.gen, ops: 0, flags: LIVE };
         let one = (&ONE as *const libc::c_int).cast();
         self.set_option_cmd(id, libc::IPPROTO_TCP, libc::TCP_NODELAY, one, 4);
         if *self.send_buffer != 0 {
@@ -656,14 +781,15 @@ impl Uring {
         self.arm_recv(id);
     }
 
-    fn on_recv(&mut self, op: Op, res: i32, flags: u32, driver: &mut dyn Driver) {
+    /// A completion of `op`'s multishot recv, reaped from ring `r` (whose buffers it selects).
+    fn on_recv(&mut self, r: usize, op: Op, res: i32, flags: u32, driver: &mut dyn Driver) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
         let Some(conn) = self.current(op.id, op.gen) else {
             // Never expected (the id is held until this recv's last completion), but the
             // buffer must go back to the ring regardless.
             if let Some(bid) = bid {
-                self.bufs.give_back(bid);
+                self.rings[r].bufs.give_back(bid);
             }
             self.stats.stale += 1;
             return;
@@ -678,18 +804,18 @@ impl Uring {
                 if deliver {
                     // SAFETY: the completion hands buffer `bid` to us; it goes back to the ring
                     // only below, after the driver is done with it.
-                    if let Some(data) = unsafe { self.bufs.buffer(bid, res as usize) } {
+                    if let Some(data) = unsafe { self.rings[r].bufs.buffer(bid, res as usize) } {
                         driver.on_data(id, data);
                     }
                 }
-                self.bufs.give_back(bid);
+                self.rings[r].bufs.give_back(bid);
             }
             if !more {
                 self.rearm_later(id);
             }
         } else {
             if let Some(bid) = bid {
-                self.bufs.give_back(bid);
+                self.rings[r].bufs.give_back(bid);
             }
             match -res {
                 0 => self.hang_up(id, driver),
@@ -776,18 +902,31 @@ impl Uring {
             }
         }
         self.rearm = rearm;
-        let mut buffers = self.bufs.count();
-        while buffers > 0 {
+        if self.starved.is_empty() {
+            return;
+        }
+        // Each ring's recvs select from that ring's buffers: as many re-arms per ring as it has.
+        let mut budget = std::mem::take(&mut self.budget);
+        budget.clear();
+        budget.extend(self.rings.iter().map(|r| r.bufs.count()));
+        for _ in 0..self.starved.len() {
             let Some((id, gen)) = self.starved.pop_front() else { break };
             if let Some(conn) = self.current(id, gen) {
+                let buffers = &mut budget[conn.ring()];
+                if *buffers == 0 {
+                    // Its ring has none left for this batch: it waits for the next one.
+                    self.starved.push_back((id, gen));
+                    continue;
+                }
                 conn.flags &= !REARM;
                 if conn.wants_recv() {
-                    buffers -= 1;
+                    *buffers -= 1;
                     self.metrics.uring_enobufs_rearms.inc();
                     self.arm_recv(id as usize);
                 }
             }
         }
+        self.budget = budget;
     }
 }
 
@@ -795,24 +934,53 @@ impl Backend for Uring {
     fn poll(&mut self, driver: &mut dyn Driver, timeout: Duration) -> io::Result<()> {
         // Recvs still waiting for their ENOBUFS re-arm get it after the next batch: keep that
         // batch from being a long wait.
-        let timeout = if self.starved.is_empty() { timeout } else { timeout.min(STARVED_WAIT) };
-        self.enter(timeout)?;
-        for _ in 0..MAX_ROUNDS {
-            self.reap();
-            if self.cqes.is_empty() {
-                // NODROP kept what did not fit in the CQ; entering again moves it in.
-                if !self.ring.submission().cq_overflow() {
-                    break;
+        let mut timeout = if self.starved.is_empty() { timeout } else { timeout.min(STARVED_WAIT) };
+        let several = self.rings.len() > 1;
+        let watching = several && !timeout.is_zero();
+        if several {
+            // The wait below enters the primary only: the other rings submit now.
+            for r in 1..self.rings.len() {
+                if self.rings[r].has_submissions() {
+                    self.enter(r, Duration::ZERO)?;
                 }
-                self.stats.cq_overflow += 1;
-                self.enter(Duration::ZERO)?;
-                continue;
             }
-            let batch = std::mem::take(&mut self.cqes);
-            for cqe in &batch {
-                self.dispatch(cqe, driver);
+            if watching && Ring::watch(&mut self.rings[1..]) {
+                timeout = Duration::ZERO;
             }
-            self.cqes = batch;
+        }
+        let waited = self.enter(0, timeout);
+        if watching {
+            Ring::unwatch(&mut self.rings[1..]);
+        }
+        waited?;
+        for round in 0..MAX_ROUNDS {
+            let mut more = false;
+            // Rings added while dispatching are looked at from the next round on.
+            for r in 0..self.rings.len() {
+                // NODROP kept what did not fit in a CQ; entering again moves it in. The primary
+                // was just entered; another ring is entered first if the kernel holds
+                // completion work for it. With DEFER_TASKRUN one enter runs a bounded batch of
+                // that work (20 items on 6.13+ kernels, which then set IORING_SQ_TASKRUN again),
+                // so a ring with a backlog is entered again in the next round rather than
+                // waiting for the next `poll`.
+                let overflow = self.rings[r].ring.submission().cq_overflow();
+                if overflow && round > 0 {
+                    self.stats.cq_overflow += 1;
+                }
+                if (round > 0 || r > 0) && self.rings[r].needs_enter() {
+                    self.enter(r, Duration::ZERO)?;
+                }
+                self.reap(r);
+                more |= !self.cqes.is_empty() || self.rings[r].needs_enter();
+                let batch = std::mem::take(&mut self.cqes);
+                for cqe in &batch {
+                    self.dispatch(r, cqe, driver);
+                }
+                self.cqes = batch;
+            }
+            if !more {
+                break;
+            }
         }
         self.rearm_recvs();
         // Sends complete only here, in completions.
@@ -881,10 +1049,11 @@ impl Backend for Uring {
                 // timer still pending finds Stopping or Stopped and does nothing.
                 self.accept = Accept::Stopping;
                 for k in self.accepts.busy() {
+                    // A cancel finds only operations of its own ring.
                     let cancel = opcode::AsyncCancel::new(Accepts::op(k).encode())
                         .build()
                         .user_data(Op::global(Kind::AcceptCancel).encode());
-                    self.push(cancel);
+                    self.push(usize::from(self.accept_ring[k]), cancel);
                 }
             }
             Accept::Armed | Accept::Retrying => {
@@ -906,7 +1075,8 @@ impl Backend for Uring {
 
     fn quiesce(&mut self) -> bool {
         if self.quiet.is_none() {
-            let quiet = setup::quiesce(&self.ring);
+            // Every ring, even after one failed: each frees its buffers only if it is quiet.
+            let quiet = self.rings.iter_mut().fold(true, |quiet, r| r.quiesce() & quiet);
             if !quiet {
                 tracing::error!(
                     "io_uring operations outlived the one-second cancel at shutdown; their \
@@ -921,15 +1091,13 @@ impl Backend for Uring {
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        // Operations may still point into the buffer ring, the accept address buffers and send
+        // Operations may still point into the buffer rings, the accept address buffers and send
         // queues: cancel them all and wait before anything is freed; what the kernel may still
-        // use after a timed-out wait is leaked instead.
+        // use after a timed-out wait is leaked instead. Each ring frees its own buffers when
+        // dropped, after this, if it is quiet.
         if super::Backend::quiesce(self) {
-            // SAFETY: dropped once, here, and no operation can touch them any more.
-            unsafe {
-                ManuallyDrop::drop(&mut self.bufs);
-                ManuallyDrop::drop(&mut self.accepts);
-            }
+            // SAFETY: dropped once, here, and no operation of any ring can touch them any more.
+            unsafe { ManuallyDrop::drop(&mut self.accepts) };
         }
     }
 }
@@ -946,4 +1114,19 @@ fn set_option(fd: std::os::fd::RawFd, level: i32, name: i32, value: &libc::c_int
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+}
+
+/// Submission and completion entries of every ring of a worker.
+fn ring_entries(settings: &Settings) -> (u32, u32) {
+    let sq = settings.ring_entries.clamp(64, 32_768);
+    (sq, sq.saturating_mul(4).min(MAX_CQ_ENTRIES))
+}
+
+/// The provided receive buffers of ring `index` (0: the primary). A ring added for more
+/// connections starts with an eighth of the primary's buffers: most connections held at that
+/// scale are idle, and an idle connection holds no buffer.
+fn ring_buffers(settings: &Settings, index: usize) -> io::Result<BufRing> {
+    let count =
+        if index == 0 { settings.recv_buffers } else { (settings.recv_buffers / 8).max(16) };
+    BufRing::new(count, settings.recv_buffer_size)
 }

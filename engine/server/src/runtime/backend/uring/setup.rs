@@ -39,7 +39,10 @@ impl TaskRun {
 }
 
 /// Largest fixed-file table asked for (the kernel's own cap is 2^20 per ring too).
-const MAX_FIXED_FILES: u64 = 1 << 20;
+pub(super) const MAX_FIXED_FILES: u64 = 1 << 20;
+/// Slots kept beyond the connection cap, for the sockets accepted only to be refused once the cap
+/// is reached.
+pub(super) const REFUSAL_ROOM: u64 = 64;
 /// Opcodes the backend cannot run without.
 const REQUIRED: [(u8, &str); 9] = [
     (opcode::Accept::CODE, "ACCEPT"),
@@ -62,11 +65,13 @@ pub(super) fn build_ring(sq: u32, cq: u32) -> io::Result<(IoUring, TaskRun)> {
         let mut builder = IoUring::<squeue::Entry, cqueue::Entry>::builder();
         builder.setup_cqsize(cq.max(sq)).setup_clamp();
         match taskrun {
+            // TASKRUN_FLAG: the kernel says in the SQ flags when completion work waits, which
+            // is how a worker driving several rings knows which ones to enter.
             TaskRun::Deferred => {
-                builder.setup_single_issuer().setup_defer_taskrun();
+                builder.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
             }
             TaskRun::Cooperative => {
-                builder.setup_coop_taskrun();
+                builder.setup_coop_taskrun().setup_taskrun_flag();
             }
             TaskRun::Default => {}
         }
@@ -91,9 +96,14 @@ pub(super) fn has_uring_cmd(ring: &IoUring) -> bool {
 /// (the library does not raise it: [`crate::raise_fd_limit`] is the caller's choice), no more
 /// than the connection cap needs, halving on refusal. Returns the size obtained.
 pub(super) fn register_files(ring: &IoUring, max_connections: usize) -> io::Result<u32> {
-    // Room for the sockets accepted only to be refused once the cap is reached.
-    let wanted = (max_connections as u64).saturating_add(64);
-    let mut slots = wanted.min(nofile_limit()).clamp(16, MAX_FIXED_FILES) as u32;
+    let wanted = (max_connections as u64).saturating_add(REFUSAL_ROOM);
+    register_table(ring, wanted.min(nofile_limit()).max(16))
+}
+
+/// Registers a direct-descriptor table of `slots` (at most [`MAX_FIXED_FILES`]), halving while the
+/// kernel refuses it for its size (down to 16). Returns the size obtained.
+pub(super) fn register_table(ring: &IoUring, slots: u64) -> io::Result<u32> {
+    let mut slots = slots.clamp(1, MAX_FIXED_FILES) as u32;
     loop {
         match ring.submitter().register_files_sparse(slots) {
             Ok(()) => return Ok(slots),
@@ -108,7 +118,7 @@ pub(super) fn register_files(ring: &IoUring, max_connections: usize) -> io::Resu
 }
 
 /// RLIMIT_NOFILE's soft limit: the kernel caps a fixed-file table at it, per ring.
-fn nofile_limit() -> u64 {
+pub(super) fn nofile_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit(2) writes one `rlimit` into a live local.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {

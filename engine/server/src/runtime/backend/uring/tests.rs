@@ -312,30 +312,32 @@ fn hundred_concurrent_connects_each_get_their_own_address<B: Bare>() {
     assert_eq!(reported, expected, "each connection's own address, none repeated");
 }
 
-/// Connects clients until the 64-slot direct-descriptor table is full and one more, whose
-/// accept fails for want of a slot: accepting backs off. Returns the connected clients.
+/// Connects clients until the 64-slot direct-descriptor table (the only ring: the connection cap
+/// is 0) is full, and one more, which waits in the listen queue: no accept is armed without a
+/// free slot, so none fails and nobody is turned away. Returns the clients, the waiting one last.
 fn fill_the_descriptor_table(
     ring: &mut Uring,
     driver: &mut Recorder,
     addr: SocketAddr,
 ) -> Vec<TcpStream> {
-    assert_eq!(ring.fixed_files, 64);
-    let clients: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    assert_eq!(ring.rings.len(), 1);
+    assert_eq!(ring.rings[0].files, 64);
+    let mut clients: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
     poll_until(ring, driver, |d| d.next == 64);
-    assert_eq!(ring.accept, Accept::Armed);
-    let _extra = TcpStream::connect(addr).unwrap();
-    let deadline = Instant::now() + READ_TIMEOUT;
-    // The state is checked after every poll: the retry timer (20 ms) is submitted by the next.
-    while ring.accept != Accept::Retrying {
-        assert!(Instant::now() < deadline, "accept never failed: {ring:?}");
+    clients.push(TcpStream::connect(addr).unwrap());
+    for _ in 0..5 {
         ring.poll(driver, Duration::from_millis(10)).unwrap();
     }
-    assert_eq!(driver.next, 64, "no id for a connection without a descriptor");
+    assert_eq!(driver.next, 64, "no accept without a free slot");
+    assert_eq!(ring.accept, Accept::Armed);
+    assert!(!ring.accepts.any_in_flight(), "{ring:?}");
+    assert_eq!((ring.rings.len(), ring.rings[0].used), (1, 64), "no ring past the cap");
+    assert_eq!(ring.accept_errors(), 0);
     clients
 }
 
 #[test]
-fn every_accept_slot_comes_back_after_the_descriptor_table_filled() {
+fn accepts_wait_for_a_free_slot_and_every_one_comes_back() {
     // A table of 64 direct descriptors (the cap's 0 plus the 64 kept for refusals).
     let settings = Settings { max_connections_per_worker: 0, ..small() };
     let Some((mut ring, addr)) = bare_with::<Uring>(settings, "127.0.0.1:0".parse().unwrap())
@@ -344,25 +346,28 @@ fn every_accept_slot_comes_back_after_the_descriptor_table_filled() {
     };
     let mut driver = Recorder::default();
     let clients = fill_the_descriptor_table(&mut ring, &mut driver, addr);
-    for id in 0..8 {
+    // 25 slots free: the waiting client and 8 late ones take 9, and all 16 accepts go back in.
+    for id in 0..25 {
         ring.close(id, true);
     }
-    poll_until(&mut ring, &mut driver, |d| d.released == 8);
+    poll_until(&mut ring, &mut driver, |d| d.released == 25);
     let late: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    poll_until(&mut ring, &mut driver, |d| d.next == 72);
-    for (client, peer) in late.iter().zip(&driver.peers[64..]) {
-        assert_eq!(*peer, Some(client.local_addr().unwrap()));
-    }
+    poll_until(&mut ring, &mut driver, |d| d.next == 73);
+    assert_eq!(driver.peers[64], Some(clients[64].local_addr().unwrap()), "the one that waited");
+    let expected: HashSet<SocketAddr> = late.iter().map(|c| c.local_addr().unwrap()).collect();
+    let reported: HashSet<SocketAddr> = driver.peers[65..].iter().map(|p| p.unwrap()).collect();
+    assert_eq!(reported, expected);
     let deadline = Instant::now() + READ_TIMEOUT;
     while ring.accept != Accept::Armed || ring.accepts.busy().count() != SLOTS {
         assert!(Instant::now() < deadline, "accept slots not re-armed: {ring:?}");
         ring.poll(&mut driver, Duration::from_millis(10)).unwrap();
     }
-    drop(clients);
+    assert_eq!(ring.rings[0].used, 64 - 25 + 9 + SLOTS as u32);
+    assert_eq!(ring.accept_errors(), 0);
 }
 
 #[test]
-fn stop_accepting_while_backing_off_waits_for_every_slot() {
+fn stop_accepting_while_waiting_for_a_free_slot_stops_at_once() {
     let settings = Settings { max_connections_per_worker: 0, ..small() };
     let Some((mut ring, addr)) = bare_with::<Uring>(settings, "127.0.0.1:0".parse().unwrap())
     else {
@@ -370,7 +375,30 @@ fn stop_accepting_while_backing_off_waits_for_every_slot() {
     };
     let mut driver = Recorder::default();
     let _clients = fill_the_descriptor_table(&mut ring, &mut driver, addr);
-    // The slot that failed is out of the ring; the others are still in it and get cancelled.
+    ring.stop_accepting();
+    assert_eq!(ring.accept, Accept::Stopped, "no accept in any ring to wait for");
+    assert!(ring.listener.is_none());
+    // Slots coming free must not arm anything.
+    for id in 0..4 {
+        ring.close(id, true);
+    }
+    poll_until(&mut ring, &mut driver, |d| d.released == 4);
+    assert!(!ring.accepts.any_in_flight());
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
+    assert_eq!(driver.next, 64);
+}
+
+#[test]
+fn stop_accepting_while_backing_off_waits_for_every_slot() {
+    let Some((mut ring, addr)) = bare_uring() else { return };
+    let mut driver = Recorder::default();
+    ring.poll(&mut driver, Duration::ZERO).unwrap();
+    // What an accept failing for want of memory or descriptors does.
+    ring.back_off_accepts();
+    assert_eq!(ring.accept, Accept::Retrying);
+    // One slot completes meanwhile: its connection is handed over, the slot stays out.
+    let _client = TcpStream::connect(addr).unwrap();
+    poll_until(&mut ring, &mut driver, |d| d.next == 1);
     assert_eq!(ring.accepts.busy().count(), SLOTS - 1);
     ring.stop_accepting();
     assert_eq!(ring.accept, Accept::Stopping);
@@ -387,7 +415,7 @@ fn stop_accepting_while_backing_off_waits_for_every_slot() {
     }
     assert!(!ring.accepts.any_in_flight());
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
-    assert_eq!(driver.next, 64);
+    assert_eq!(driver.next, 1);
 }
 
 #[test]
@@ -405,6 +433,164 @@ fn stop_accepting_closes_the_listener() {
     assert_eq!(driver.next, 0, "no connection handed out after stop_accepting");
     assert_eq!(ring.accept, Accept::Stopped);
     assert!(!ring.accepts.any_in_flight(), "every slot reported before the listener closed");
+}
+
+/// Echoes every byte back on the connection it came from; ids are never reused.
+#[derive(Default)]
+struct Echoer {
+    queues: Vec<SendQueue>,
+    pool: Pool,
+    /// Connections with bytes to flush after the poll.
+    dirty: Vec<usize>,
+    hung_up: Vec<usize>,
+    released: usize,
+    received: usize,
+}
+
+impl Driver for Echoer {
+    fn on_accept(&mut self, _peer: Option<SocketAddr>) -> Option<usize> {
+        self.queues.push(SendQueue::default());
+        Some(self.queues.len() - 1)
+    }
+    fn on_data(&mut self, id: usize, data: &mut [u8]) {
+        self.received += data.len();
+        self.queues[id].push(&mut self.pool, data);
+        self.dirty.push(id);
+    }
+    fn on_hangup(&mut self, id: usize) {
+        self.hung_up.push(id);
+    }
+    fn queue(&mut self, id: usize) -> Option<&mut SendQueue> {
+        self.queues.get_mut(id)
+    }
+    fn on_sent(&mut self, id: usize) {
+        // Bytes that arrived while the last send was in flight.
+        self.dirty.push(id);
+    }
+    fn on_released(&mut self, _id: usize) {
+        self.released += 1;
+    }
+}
+
+/// One poll, then what the poll made the echo queue goes out.
+fn poll_echo(ring: &mut Uring, echo: &mut Echoer, timeout: Duration) {
+    ring.poll(echo, timeout).unwrap();
+    for id in std::mem::take(&mut echo.dirty) {
+        ring.flush(id, &mut echo.queues[id]);
+    }
+}
+
+/// Each client sends its own line and reads it back, while the test thread polls (bounded).
+fn echo_round(ring: &mut Uring, echo: &mut Echoer, clients: &mut [TcpStream], round: usize) {
+    let lines: Vec<String> =
+        (0..clients.len()).map(|i| format!("round {round} client {i}\n")).collect();
+    let total = echo.received + lines.iter().map(String::len).sum::<usize>();
+    for (client, line) in clients.iter_mut().zip(&lines) {
+        client.write_all(line.as_bytes()).unwrap();
+    }
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while echo.received < total || echo.queues.iter().any(|q| !q.is_empty()) {
+        assert!(Instant::now() < deadline, "echo stalled: {ring:?}");
+        poll_echo(ring, echo, Duration::from_millis(10));
+    }
+    for (client, line) in clients.iter_mut().zip(&lines) {
+        let mut got = vec![0; line.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, line.as_bytes());
+    }
+}
+
+#[test]
+fn several_rings_on_one_thread_hold_and_echo_every_connection() {
+    if let Err(why) = crate::runtime::probe_uring(&Settings::default()) {
+        eprintln!("SKIPPED: io_uring unavailable: {why}");
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Four direct descriptors per ring: 30 connections need at least 8 rings.
+    let mut ring =
+        Uring::with_files_per_ring(listener, Waker::new().unwrap(), &small(), 4).unwrap();
+    let mut echo = Echoer::default();
+    let mut clients: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+            c
+        })
+        .collect();
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while echo.queues.len() < clients.len() {
+        assert!(Instant::now() < deadline, "accepted {}: {ring:?}", echo.queues.len());
+        poll_echo(&mut ring, &mut echo, Duration::from_millis(10));
+    }
+    let spread = |ring: &Uring| {
+        let live = ring.conns.iter().filter(|c| c.has(super::LIVE));
+        live.map(|c| c.ring()).collect::<HashSet<usize>>()
+    };
+    assert!(spread(&ring).len() >= 8, "{:?}: {ring:?}", spread(&ring));
+    for r in &ring.rings {
+        assert!(r.files == 4 && r.used <= 4, "{ring:?}");
+    }
+    for round in 0..3 {
+        echo_round(&mut ring, &mut echo, &mut clients, round);
+    }
+
+    // Data on a connection of the newest ring wakes a wait in the primary at once.
+    let last = (0..echo.queues.len()).max_by_key(|&id| ring.conns[id].ring()).unwrap();
+    assert!(ring.conns[last].ring() > 0);
+    let mut writer = clients[last].try_clone().unwrap();
+    let wrote = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        writer.write_all(b"wake\n").unwrap();
+    });
+    let before = echo.received;
+    let started = Instant::now();
+    while echo.received == before {
+        assert!(started.elapsed() < READ_TIMEOUT, "the data never arrived: {ring:?}");
+        poll_echo(&mut ring, &mut echo, Duration::from_secs(10));
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "woken after {waited:?}");
+    wrote.join().unwrap();
+    while !echo.queues[last].is_empty() {
+        assert!(started.elapsed() < READ_TIMEOUT, "the echo never left: {ring:?}");
+        poll_echo(&mut ring, &mut echo, Duration::from_millis(10));
+    }
+    let mut got = [0; 5];
+    clients[last].read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"wake\n");
+
+    // Half the clients leave: their slots come free and the next clients take them, with no
+    // new ring; everyone still echoes.
+    let rings = ring.rings.len();
+    for client in clients.drain(..15) {
+        drop(client);
+    }
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while echo.released < 15 {
+        assert!(Instant::now() < deadline, "released {}: {ring:?}", echo.released);
+        for id in std::mem::take(&mut echo.hung_up) {
+            ring.close(id, false);
+        }
+        poll_echo(&mut ring, &mut echo, Duration::from_millis(10));
+    }
+    let accepted = echo.queues.len();
+    for _ in 0..15 {
+        let c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        clients.push(c);
+    }
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while echo.queues.len() < accepted + 15 {
+        assert!(Instant::now() < deadline, "accepted {}: {ring:?}", echo.queues.len());
+        poll_echo(&mut ring, &mut echo, Duration::from_millis(10));
+    }
+    assert_eq!(ring.rings.len(), rings, "freed slots reused: {ring:?}");
+    echo_round(&mut ring, &mut echo, &mut clients, 3);
+    assert!(echo.hung_up.is_empty());
+    assert_eq!(ring.accept_errors(), 0);
 }
 
 #[test]
