@@ -56,30 +56,24 @@ impl Fake {
 
     /// Sends as much of `queue` as the peer's window takes.
     fn push_out(&mut self, id: usize, queue: &mut SendQueue) -> bool {
-        loop {
-            let Some(out) = queue.in_flight() else {
-                if !queue.begin() {
-                    return true;
-                }
-                continue;
-            };
-            let bytes: Vec<u8> = match out {
-                Out::Buf(b) => b.to_vec(),
-                Out::Msg(msg) => iov_bytes(msg),
+        // Like epoll: each loan lasts one write.
+        while let Some(loan) = queue.begin() {
+            let bytes: Vec<u8> = match queue.in_flight() {
+                Some(Out::Buf(b)) => b.to_vec(),
+                Some(Out::Msg(msg)) => iov_bytes(msg),
+                None => Vec::new(),
             };
             let window = self.window.get(&id).copied().unwrap_or(usize::MAX);
             let n = bytes.len().min(window);
-            if n == 0 {
-                return false;
-            }
             if let Some(w) = self.window.get_mut(&id) {
                 *w -= n;
             }
             self.sent.entry(id).or_default().extend_from_slice(&bytes[..n]);
-            if !queue.complete(n) {
+            if !queue.complete(loan, n) && n == 0 {
                 return false;
             }
         }
+        queue.in_flight().is_none()
     }
 }
 

@@ -42,7 +42,7 @@ use self::buf_ring::{BufRing, GROUP};
 use self::op::{Kind, Op, GEN_MASK};
 pub use self::setup::probe;
 use self::setup::TaskRun;
-use super::{Backend, Driver, Out, SendQueue, Waker};
+use super::{Backend, Driver, Loan, Out, SendQueue, Waker};
 use crate::config::Settings;
 use crate::metrics::{BackendKind, WorkerMetricsRef};
 
@@ -144,6 +144,9 @@ pub struct Uring {
     quiet: Option<bool>,
     waker: Waker,
     conns: Vec<Conn>,
+    /// Per id: the loan of its send in flight (while `SEND`), returned to the queue with the
+    /// send's completion. Kept beside `conns`, one byte per id.
+    loans: Vec<Option<Loan>>,
     fixed_files: u32,
     /// Set TCP_NODELAY (and SO_LINGER for hard closes) through the socket uring_cmd; turned off
     /// at the first completion saying the kernel cannot.
@@ -224,6 +227,7 @@ impl Uring {
             quiet: None,
             waker,
             conns: Vec::new(),
+            loans: Vec::new(),
             fixed_files: 0,
             sockopt_cmd,
             backlog: VecDeque::new(),
@@ -419,7 +423,19 @@ impl Uring {
         self.push_counted(id, cancel);
     }
 
-    fn send(&mut self, id: usize, out: Out<'_>) {
+    /// Lends what `queue` has in flight (or pending) to a send on `id`.
+    fn start_send(&mut self, id: usize, queue: &mut SendQueue) {
+        let Some(loan) = queue.begin() else { return };
+        match queue.in_flight() {
+            Some(out) => self.send(id, out, loan),
+            None => {
+                queue.complete(loan, 0);
+            }
+        }
+    }
+
+    /// Submits a send of `out`, which `loan` keeps in place until the completion returns it.
+    fn send(&mut self, id: usize, out: Out<'_>, loan: Loan) {
         let fd = Fixed(self.conns[id].slot);
         // MSG_WAITALL: the kernel retries a short send itself instead of completing early.
         let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
@@ -433,6 +449,7 @@ impl Uring {
         };
         let send = send.user_data(self.op(Kind::Send, id).encode());
         self.conns[id].flags |= SEND;
+        self.loans[id] = Some(loan);
         self.push_counted(id, send);
     }
 
@@ -642,6 +659,7 @@ impl Uring {
     fn open(&mut self, id: usize, slot: u32) {
         if self.conns.len() <= id {
             self.conns.resize(id + 1, Conn::default());
+            self.loans.resize_with(id + 1, || None);
         }
         let conn = &mut self.conns[id];
         debug_assert!(!conn.has(LIVE), "the worker reused id {id} before its release");
@@ -658,7 +676,8 @@ impl Uring {
 
     fn on_recv(&mut self, op: Op, res: i32, flags: u32, driver: &mut dyn Driver) {
         let more = cqueue::more(flags);
-        let bid = cqueue::buffer_select(flags);
+        // A buffer named by a completion is ours until given back, whatever became of the recv.
+        let bid = cqueue::buffer_select(flags).filter(|&bid| self.bufs.take(bid));
         let Some(conn) = self.current(op.id, op.gen) else {
             // Never expected (the id is held until this recv's last completion), but the
             // buffer must go back to the ring regardless.
@@ -676,13 +695,16 @@ impl Uring {
         if res > 0 {
             if let Some(bid) = bid {
                 if deliver {
-                    // SAFETY: the completion hands buffer `bid` to us; it goes back to the ring
+                    // SAFETY: the completion handed buffer `bid` to us (`take`); it goes back
                     // only below, after the driver is done with it.
                     if let Some(data) = unsafe { self.bufs.buffer(bid, res as usize) } {
                         driver.on_data(id, data);
                     }
                 }
                 self.bufs.give_back(bid);
+                if deliver {
+                    self.write_through(id, driver);
+                }
             }
             if !more {
                 self.rearm_later(id);
@@ -695,6 +717,7 @@ impl Uring {
                 0 => self.hang_up(id, driver),
                 libc::ENOBUFS => {
                     self.stats.enobufs += 1;
+                    self.bufs.starve();
                     if !more && !self.conns[id].has(REARM) {
                         self.conns[id].flags |= REARM;
                         self.starved.push_back((op.id, op.gen));
@@ -714,6 +737,21 @@ impl Uring {
         }
     }
 
+    /// Sends what the driver wants sent at once after a read (see `Driver::write_through`),
+    /// submitting now: the kernel copies the bytes while they are in the cache, instead of at
+    /// the next wait, after every other completion of the batch was handled.
+    fn write_through(&mut self, id: usize, driver: &mut dyn Driver) {
+        if let Some(queue) = driver.write_through(id) {
+            Backend::flush(self, id, queue);
+            if self.conns[id].has(SEND) {
+                self.drain_backlog();
+                if self.ring.submit().is_ok() {
+                    self.metrics.uring_enters.inc();
+                }
+            }
+        }
+    }
+
     fn on_send(&mut self, op: Op, res: i32, driver: &mut dyn Driver) {
         let Some(conn) = self.current(op.id, op.gen) else {
             self.stats.stale += 1;
@@ -729,27 +767,22 @@ impl Uring {
             // The kernel took these bytes, whatever becomes of the queue.
             self.bytes_sent += res as u64;
         }
+        let loan = self.loans[id].take();
         let mut done = false;
-        if let Some(queue) = driver.queue(id) {
-            if failed {
+        if let (Some(queue), Some(loan)) = (driver.queue(id), loan) {
+            let all = queue.complete(loan, if failed { 0 } else { res as usize });
+            if failed || (!all && conn.has(TEARDOWN)) {
                 // Nothing more will go out: drop what is in flight and queued, so the queue is
                 // neither stuck busy nor kept for a flush that would fail again.
                 queue.discard();
                 done = true;
-            } else if !queue.complete(res as usize) {
-                if conn.has(TEARDOWN) {
-                    queue.discard();
-                    done = true;
-                } else if let Some(rest) = queue.in_flight() {
-                    self.send(id, rest);
-                }
+            } else if !all {
+                self.start_send(id, queue);
             } else {
                 done = true;
-                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) && queue.begin() {
+                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) {
                     // Bytes queued while this send was in flight must leave before the FIN.
-                    if let Some(out) = queue.in_flight() {
-                        self.send(id, out);
-                    }
+                    self.start_send(id, queue);
                 }
             }
         }
@@ -763,9 +796,10 @@ impl Uring {
         self.op_done(id);
     }
 
-    /// After a batch: re-arm the recvs that ended, and as many ENOBUFS ones as the ring has
-    /// buffers (all of them: each went back right after its `on_data`).
+    /// After a batch: refill the buffer ring (which grows it after ENOBUFS), re-arm the recvs
+    /// that ended, and as many ENOBUFS ones as the ring has buffers.
     fn rearm_recvs(&mut self) {
+        let mut buffers = self.bufs.refill();
         let mut rearm = std::mem::take(&mut self.rearm);
         for (id, gen) in rearm.drain(..) {
             if let Some(conn) = self.current(id, gen) {
@@ -776,7 +810,6 @@ impl Uring {
             }
         }
         self.rearm = rearm;
-        let mut buffers = self.bufs.count();
         while buffers > 0 {
             let Some((id, gen)) = self.starved.pop_front() else { break };
             if let Some(conn) = self.current(id, gen) {
@@ -834,11 +867,7 @@ impl Backend for Uring {
         if conn.has(SEND | TEARDOWN | SHUT) {
             return;
         }
-        if queue.begin() {
-            if let Some(out) = queue.in_flight() {
-                self.send(id, out);
-            }
-        }
+        self.start_send(id, queue);
     }
 
     fn set_reading(&mut self, id: usize, reading: bool) {
