@@ -52,6 +52,10 @@ const MAX_CQ_ENTRIES: u32 = 1 << 16;
 const MAX_ROUNDS: usize = 8;
 /// The longest wait while recvs wait for a re-arm after ENOBUFS.
 const STARVED_WAIT: Duration = Duration::from_millis(1);
+/// Bytes of replies written through (see `write_through`) that are submitted at once, not
+/// at the next wait: about what stays in a core's cache while the batch goes on; fewer would
+/// pay a system call for too few bytes.
+const WRITE_THROUGH_SUBMIT: usize = 64 << 10;
 /// The longest single wait (a larger timeout is cut to this; the worker just polls again).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -167,6 +171,8 @@ pub struct Uring {
     metrics: WorkerMetricsRef,
     /// Bytes the kernel took from completed sends, stored into `metrics` once per poll.
     bytes_sent: u64,
+    /// Bytes written through since the last submission (see `write_through`).
+    written_through: usize,
     /// SO_SNDBUF for accepted sockets (0: the kernel's default), boxed: the socket uring_cmd
     /// reads it when the kernel runs the command, which may be after the call that queued it.
     send_buffer: Box<libc::c_int>,
@@ -238,6 +244,7 @@ impl Uring {
             stats: Stats::default(),
             metrics: super::epoll::detached_metrics(),
             bytes_sent: 0,
+            written_through: 0,
             send_buffer: Box::new(
                 libc::c_int::try_from(settings.socket_send_buffer).unwrap_or(libc::c_int::MAX),
             ),
@@ -304,6 +311,7 @@ impl Uring {
     /// Always asks for completions: with DEFER_TASKRUN that is what runs the kernel's pending
     /// completion work (and flushes an overflowed CQ).
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
+        self.written_through = 0;
         self.drain_backlog();
         let to_submit = self.ring.submission().len() as u32;
         let want = u32::from(!timeout.is_zero());
@@ -738,16 +746,22 @@ impl Uring {
     }
 
     /// Sends what the driver wants sent at once after a read (see `Driver::write_through`),
-    /// submitting now: the kernel copies the bytes while they are in the cache, instead of at
-    /// the next wait, after every other completion of the batch was handled.
+    /// submitting once [`WRITE_THROUGH_SUBMIT`] bytes are waiting: the kernel copies them
+    /// while they are in the cache, instead of at the next wait, after every other completion
+    /// of the batch was handled.
     fn write_through(&mut self, id: usize, driver: &mut dyn Driver) {
-        if let Some(queue) = driver.write_through(id) {
-            Backend::flush(self, id, queue);
-            if self.conns[id].has(SEND) {
-                self.drain_backlog();
-                if self.ring.submit().is_ok() {
-                    self.metrics.uring_enters.inc();
-                }
+        let Some(queue) = driver.write_through(id) else { return };
+        let len = queue.len();
+        Backend::flush(self, id, queue);
+        if !self.conns[id].has(SEND) {
+            return;
+        }
+        self.written_through += len;
+        if self.written_through >= WRITE_THROUGH_SUBMIT {
+            self.written_through = 0;
+            self.drain_backlog();
+            if self.ring.submit().is_ok() {
+                self.metrics.uring_enters.inc();
             }
         }
     }
