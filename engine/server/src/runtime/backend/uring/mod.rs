@@ -8,7 +8,10 @@
 //! `Shutdown`, `AsyncCancel` and `Close` on the direct descriptor to close, and a multishot poll
 //! on the waker's eventfd. TCP_NODELAY is set on the listener (accepted
 //! sockets inherit it) and again per connection through the socket uring_cmd where the kernel
-//! has it (6.7+). One `io_uring_enter` per loop iteration submits everything and waits.
+//! has it (6.7+). One `io_uring_enter` per loop iteration submits everything and waits; large
+//! replies written through after a read (see `write_through`) are submitted every 64 KiB
+//! between. The buffer ring lends the kernel only what recent waits used and grows on ENOBUFS
+//! (see `buf_ring.rs`); each send's bytes are held by its [`Loan`] until its completion.
 //!
 //! Every operation's `user_data` names its kind, connection id and the id's generation. Each
 //! connection counts the operations that still owe a final completion. Closing cancels what is
