@@ -41,6 +41,9 @@ pub(super) struct Fake {
     pub(super) releasing: Vec<usize>,
     pub(super) accepting: bool,
     pub(super) timeouts: Vec<Duration>,
+    /// Connections whose replies the worker wanted written through after a read, with the
+    /// bytes queued then.
+    pub(super) written_through: Vec<(usize, usize)>,
 }
 
 pub(super) enum Ev {
@@ -127,6 +130,10 @@ impl Backend for Fake {
                 Ev::Data(id, mut bytes) => {
                     if self.reading.get(&id).copied().unwrap_or(true) {
                         driver.on_data(id, &mut bytes);
+                        if let Some(queue) = driver.write_through(id) {
+                            self.written_through.push((id, queue.len()));
+                            self.flush(id, queue);
+                        }
                     } else {
                         // Paused: it waits in the kernel, like a real socket's.
                         self.script.push_front(Ev::Data(id, bytes));
@@ -384,6 +391,29 @@ fn connection_data_lives_from_upgrade_to_close() {
     assert_eq!(rig.core.handler.log, ["open ann 127.0.0.7:40007 /feed", "close ann 1000 after 2"]);
     rig.turn();
     assert!(rig.core.conns.get(id).is_none(), "released after the close");
+}
+
+#[test]
+fn large_replies_are_written_through_after_their_read_small_ones_stay_corked() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(7), "/feed?user=ann");
+    rig.fake.written_through.clear();
+    rig.text(id, "small");
+    assert_eq!(rig.received(id), ["ann: small"]);
+    assert!(rig.fake.written_through.is_empty(), "a 11-byte reply waits for the flush");
+    let big = "x".repeat(8000);
+    rig.text(id, &big);
+    assert_eq!(rig.received(id), [format!("ann: {big}")]);
+    assert_eq!(rig.fake.written_through, [(id, 4 + 5 + 8000)], "header and payload at once");
+    // A reply behind one still waiting on the peer waits for the flush, in order.
+    rig.fake.written_through.clear();
+    rig.fake.window.insert(id, 10);
+    rig.text(id, &big);
+    rig.text(id, &big);
+    assert_eq!(rig.fake.written_through, [(id, 8009)], "only while nothing is in flight");
+    rig.fake.window.remove(&id);
+    rig.turn();
+    assert_eq!(rig.received(id), [format!("ann: {big}"), format!("ann: {big}")]);
 }
 
 #[test]
