@@ -83,8 +83,8 @@ struct Args {
     /// io_uring submission queue entries per worker.
     #[arg(long, default_value_t = 4096)]
     ring_entries: u32,
-    /// io_uring provided receive buffers per worker.
-    #[arg(long, default_value_t = 2048)]
+    /// io_uring provided receive buffers per worker at start (grown up to 8x on demand).
+    #[arg(long, default_value_t = 256)]
     recv_buffers: u32,
     /// Receive buffer size, bytes (epoll's one shared buffer is at least 64 KiB).
     #[arg(long, default_value_t = 32 << 10)]

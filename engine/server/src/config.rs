@@ -213,7 +213,9 @@ pub struct Settings {
     pub tick: Option<Duration>,
     /// io_uring submission queue entries (the completion queue gets 4x). Default 4096.
     pub ring_entries: u32,
-    /// io_uring provided receive buffers per worker. Default 2048.
+    /// io_uring provided receive buffers per worker at start (8 MiB at the default size);
+    /// the worker grows this up to 8 times on demand and shrinks back when usage stays low.
+    /// Default 256.
     pub recv_buffers: u32,
     /// Size of each io_uring receive buffer (epoll's shared one is at least 64 KiB). Default
     /// 32 KiB: a 16 KiB message with its header arrives in one buffer and is parsed in place.
@@ -328,7 +330,7 @@ impl Default for Settings {
             tick: None,
             bus: None,
             ring_entries: 4096,
-            recv_buffers: 2048,
+            recv_buffers: 256,
             recv_buffer_size: 32 << 10,
             shutdown_timeout: Duration::from_secs(5),
             max_connections_per_worker: 1_000_000,

@@ -151,7 +151,7 @@ mod tests {
         let mut q = SendQueue::default();
         q.push_shared(&mut pool, Bytes::from(vec![0u8; 5000]));
         budget.pushed += 5000;
-        assert!(q.begin());
+        let loan = q.begin().unwrap();
         budget.settle(&mut q, &mut pool);
         budget.settled();
         let footprint = q.footprint();
@@ -160,7 +160,7 @@ mod tests {
         q.set_stalled(true);
         budget.settle(&mut q, &mut pool);
         assert_eq!(budget.held, footprint + 1000);
-        assert!(q.complete(5000));
+        assert!(q.complete(loan, 5000));
         q.set_stalled(false);
         budget.settle(&mut q, &mut pool);
         assert_eq!(budget.held, 0, "an idle queue goes back to the pool and counts nothing");

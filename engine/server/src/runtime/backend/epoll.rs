@@ -213,9 +213,13 @@ impl Epoll {
                     // EAGAIN is saved. Not when the FIN is already in: nothing would report it.
                     conn.readable = false;
                     driver.on_data(id, &mut self.buf[..n]);
+                    self.write_through(id, driver);
                     return;
                 }
-                Ok(n) => driver.on_data(id, &mut self.buf[..n]),
+                Ok(n) => {
+                    driver.on_data(id, &mut self.buf[..n]);
+                    self.write_through(id, driver);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
                     return;
@@ -230,6 +234,17 @@ impl Epoll {
         if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
             conn.readable = true;
             self.backlog.push(id);
+        }
+    }
+
+    /// Writes what the driver wants sent at once after a read (see `Driver::write_through`).
+    fn write_through(&mut self, id: usize, driver: &mut dyn Driver) {
+        let waiting = self.conns.get(id).and_then(Option::as_ref).is_none_or(|c| c.unsent);
+        if waiting {
+            return;
+        }
+        if let Some(queue) = driver.write_through(id) {
+            self.write(id, queue);
         }
     }
 
@@ -262,20 +277,20 @@ impl Epoll {
     /// Writes as much of the queue as the socket takes.
     fn write(&mut self, id: usize, queue: &mut SendQueue) {
         let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
-        loop {
-            if queue.in_flight().is_none() && !queue.begin() {
-                break;
-            }
+        // Each loan lives for one write(2): the kernel has copied what it took when the call
+        // returns, so nothing stays lent between calls.
+        while let Some(loan) = queue.begin() {
             let written = match queue.in_flight() {
                 Some(Out::Buf(bytes)) => conn.stream.write(bytes),
                 Some(Out::Msg(msg)) => send_msg(conn.stream.as_raw_fd(), msg),
-                None => break,
+                None => Ok(0),
             };
+            let sent = *written.as_ref().unwrap_or(&0);
+            self.bytes_sent += sent as u64;
+            queue.complete(loan, sent);
             match written {
-                Ok(n) => {
-                    self.bytes_sent += n as u64;
-                    queue.complete(n);
-                }
+                Ok(n) if n > 0 || queue.in_flight().is_none() => {}
+                Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {

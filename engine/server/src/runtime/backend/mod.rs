@@ -22,7 +22,7 @@
 pub mod epoll;
 pub mod uring;
 
-pub use super::queue::{Out, SendQueue};
+pub use super::queue::{Loan, Out, SendQueue};
 
 use std::io;
 use std::time::Duration;
@@ -41,6 +41,13 @@ pub trait Driver {
     /// The send queue of `id`, for the backend to take bytes from and to report sends into.
     /// `None` when the id is unknown (a completion arriving for a connection being released).
     fn queue(&mut self, id: usize) -> Option<&mut SendQueue>;
+    /// Called right after [`Driver::on_data`]: the queue of `id` when the driver wants what
+    /// that data made it queue (its replies) sent now, while the bytes are still in the cache,
+    /// rather than with the corked flush at the end of the loop iteration. The backend starts
+    /// sending it as [`Backend::flush`] would. `None` (the default) waits for the flush.
+    fn write_through(&mut self, _id: usize) -> Option<&mut SendQueue> {
+        None
+    }
     /// A send on `id` completed and its queue has room again (the worker may flush more, call
     /// `on_drain`, resume reading).
     fn on_sent(&mut self, id: usize);

@@ -62,6 +62,12 @@ use crate::config::{Settings, TopicPolicy};
 
 /// How often the timeout sweep runs, milliseconds.
 const SWEEP_MS: u64 = 250;
+/// Replies at least this large leave right after the read that caused them (write-through),
+/// not with the corked flush at the end of the iteration: by then a busy iteration has pushed
+/// them out of the cache, and the kernel's copy into the socket reads them from memory
+/// (measured: see `Driver::write_through` in docs/architecture.md). Smaller ones stay corked,
+/// where one send carries everything an iteration queued.
+const WRITE_THROUGH_MIN: usize = 4096;
 
 /// The worker's state that backends call into.
 pub(crate) struct Core<H: Handler> {
@@ -254,7 +260,7 @@ impl<H: Handler> Core<H> {
     /// the kernel is done with them.
     fn leak_in_flight(&mut self) {
         for (_, conn) in self.conns.iter_mut() {
-            if conn.io.queue.in_flight().is_some() {
+            if conn.io.queue.is_lent() {
                 std::mem::forget(std::mem::take(&mut conn.io.queue));
             }
         }
@@ -339,6 +345,16 @@ impl<H: Handler> Driver for Core<H> {
             return Some(&mut conn.out);
         }
         self.conns.get_mut(id).map(|c| &mut c.io.queue)
+    }
+
+    fn write_through(&mut self, id: usize) -> Option<&mut SendQueue> {
+        if self.tls.as_mut().is_some_and(|tls| tls.conn(id).is_some()) {
+            // Plaintext is sealed into records in the flush.
+            return None;
+        }
+        let queue = &mut self.conns.get_mut(id)?.io.queue;
+        // Only a queue with nothing in flight: one waiting on the peer waits for the flush.
+        (queue.len() >= WRITE_THROUGH_MIN && queue.in_flight().is_none()).then_some(queue)
     }
 
     fn on_sent(&mut self, id: usize) {

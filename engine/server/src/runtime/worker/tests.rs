@@ -45,6 +45,9 @@ pub(super) struct Fake {
     pub(super) flushes: Vec<usize>,
     /// Wall time each flush takes (a real send to a peer costs microseconds).
     pub(super) flush_delay: Duration,
+    /// Connections whose replies the worker wanted written through after a read, with the
+    /// bytes queued then.
+    pub(super) written_through: Vec<(usize, usize)>,
 }
 
 pub(super) enum Ev {
@@ -60,30 +63,24 @@ impl Fake {
 
     /// Sends as much of `queue` as the peer's window takes.
     fn push_out(&mut self, id: usize, queue: &mut SendQueue) -> bool {
-        loop {
-            let Some(out) = queue.in_flight() else {
-                if !queue.begin() {
-                    return true;
-                }
-                continue;
-            };
-            let bytes: Vec<u8> = match out {
-                Out::Buf(b) => b.to_vec(),
-                Out::Msg(msg) => iov_bytes(msg),
+        // Like epoll: each loan lasts one write.
+        while let Some(loan) = queue.begin() {
+            let bytes: Vec<u8> = match queue.in_flight() {
+                Some(Out::Buf(b)) => b.to_vec(),
+                Some(Out::Msg(msg)) => iov_bytes(msg),
+                None => Vec::new(),
             };
             let window = self.window.get(&id).copied().unwrap_or(usize::MAX);
             let n = bytes.len().min(window);
-            if n == 0 {
-                return false;
-            }
             if let Some(w) = self.window.get_mut(&id) {
                 *w -= n;
             }
             self.sent.entry(id).or_default().extend_from_slice(&bytes[..n]);
-            if !queue.complete(n) {
+            if !queue.complete(loan, n) && n == 0 {
                 return false;
             }
         }
+        queue.in_flight().is_none()
     }
 }
 
@@ -137,6 +134,10 @@ impl Backend for Fake {
                 Ev::Data(id, mut bytes) => {
                     if self.reading.get(&id).copied().unwrap_or(true) {
                         driver.on_data(id, &mut bytes);
+                        if let Some(queue) = driver.write_through(id) {
+                            self.written_through.push((id, queue.len()));
+                            self.flush(id, queue);
+                        }
                     } else {
                         // Paused: it waits in the kernel, like a real socket's.
                         self.script.push_front(Ev::Data(id, bytes));
@@ -398,6 +399,29 @@ fn connection_data_lives_from_upgrade_to_close() {
     assert_eq!(rig.core.handler.log, ["open ann 127.0.0.7:40007 /feed", "close ann 1000 after 2"]);
     rig.turn();
     assert!(rig.core.conns.get(id).is_none(), "released after the close");
+}
+
+#[test]
+fn large_replies_are_written_through_after_their_read_small_ones_stay_corked() {
+    let mut rig = Rig::new(settings(), App::default());
+    let id = rig.open(peer(7), "/feed?user=ann");
+    rig.fake.written_through.clear();
+    rig.text(id, "small");
+    assert_eq!(rig.received(id), ["ann: small"]);
+    assert!(rig.fake.written_through.is_empty(), "a 11-byte reply waits for the flush");
+    let big = "x".repeat(8000);
+    rig.text(id, &big);
+    assert_eq!(rig.received(id), [format!("ann: {big}")]);
+    assert_eq!(rig.fake.written_through, [(id, 4 + 5 + 8000)], "header and payload at once");
+    // A reply behind one still waiting on the peer waits for the flush, in order.
+    rig.fake.written_through.clear();
+    rig.fake.window.insert(id, 10);
+    rig.text(id, &big);
+    rig.text(id, &big);
+    assert_eq!(rig.fake.written_through, [(id, 8009)], "only while nothing is in flight");
+    rig.fake.window.remove(&id);
+    rig.turn();
+    assert_eq!(rig.received(id), [format!("ann: {big}"), format!("ann: {big}")]);
 }
 
 #[test]

@@ -18,6 +18,10 @@
 //! ring is set up when every table is full, until the tables hold the connection cap; while none
 //! can take one, accepts wait for a close and clients wait in the listen queue.
 //!
+//! Large replies written through after a read (see `write_through`) are submitted every 64 KiB
+//! between. Each ring's buffer ring lends the kernel only what recent waits used and grows on
+//! ENOBUFS (see `buf_ring.rs`); each send's bytes are held by its [`Loan`] until its completion.
+//!
 //! Every operation's `user_data` names its kind, connection id and the id's generation. Each
 //! connection counts the operations that still owe a final completion. Closing cancels what is
 //! in flight, closes the direct descriptor once that count is zero (never earlier: see
@@ -52,7 +56,7 @@ use self::op::{Kind, Op, GEN_MASK};
 use self::ring::{Ring, MAX_RINGS, SLOT_BITS};
 pub use self::setup::probe;
 use self::setup::TaskRun;
-use super::{Backend, Driver, Out, SendQueue, Waker};
+use super::{Backend, Driver, Loan, Out, SendQueue, Waker};
 use crate::config::Settings;
 use crate::metrics::{BackendKind, WorkerMetricsRef};
 
@@ -62,6 +66,10 @@ const MAX_CQ_ENTRIES: u32 = 1 << 16;
 const MAX_ROUNDS: usize = 8;
 /// The longest wait while recvs wait for a re-arm after ENOBUFS.
 const STARVED_WAIT: Duration = Duration::from_millis(1);
+/// Bytes of replies written through (see `write_through`) that are submitted at once, not
+/// at the next wait: about what stays in a core's cache while the batch goes on; fewer would
+/// pay a system call for too few bytes.
+const WRITE_THROUGH_SUBMIT: usize = 64 << 10;
 /// The longest single wait (a larger timeout is cut to this; the worker just polls again).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -172,6 +180,9 @@ pub struct Uring {
     files_per_ring: u64,
     /// What a new ring is built with (its buffers come from `ring_buffers`).
     settings: Settings,
+    /// Per id: the loan of its send in flight (while `SEND`), returned to the queue with the
+    /// send's completion. Kept beside `conns`, one byte per id.
+    loans: Vec<Option<Loan>>,
     /// Set TCP_NODELAY (and SO_LINGER for hard closes) through the socket uring_cmd; turned off
     /// at the first completion saying the kernel cannot.
     sockopt_cmd: bool,
@@ -191,6 +202,8 @@ pub struct Uring {
     metrics: WorkerMetricsRef,
     /// Bytes the kernel took from completed sends, stored into `metrics` once per poll.
     bytes_sent: u64,
+    /// Bytes written through since the last submission (see `write_through`).
+    written_through: usize,
     /// SO_SNDBUF for accepted sockets (0: the kernel's default), boxed: the socket uring_cmd
     /// reads it when the kernel runs the command, which may be after the call that queued it.
     send_buffer: Box<libc::c_int>,
@@ -269,6 +282,7 @@ impl Uring {
             files_wanted,
             files_per_ring: files_per_ring.max(1),
             settings: settings.clone(),
+            loans: Vec::new(),
             sockopt_cmd,
             cqes: Vec::with_capacity(256),
             rearm: Vec::new(),
@@ -278,6 +292,7 @@ impl Uring {
             stats: Stats::default(),
             metrics: super::epoll::detached_metrics(),
             bytes_sent: 0,
+            written_through: 0,
             send_buffer: Box::new(
                 libc::c_int::try_from(settings.socket_send_buffer).unwrap_or(libc::c_int::MAX),
             ),
@@ -363,6 +378,7 @@ impl Uring {
     /// or the timeout. Always asks for completions: with DEFER_TASKRUN that is what runs the
     /// kernel's pending completion work (and flushes an overflowed CQ).
     fn enter(&mut self, r: usize, timeout: Duration) -> io::Result<()> {
+        self.written_through = 0;
         self.drain_backlog(r);
         let ring = &mut self.rings[r].ring;
         let to_submit = ring.submission().len() as u32;
@@ -531,7 +547,19 @@ impl Uring {
         self.push_counted(id, cancel);
     }
 
-    fn send(&mut self, id: usize, out: Out<'_>) {
+    /// Lends what `queue` has in flight (or pending) to a send on `id`.
+    fn start_send(&mut self, id: usize, queue: &mut SendQueue) {
+        let Some(loan) = queue.begin() else { return };
+        match queue.in_flight() {
+            Some(out) => self.send(id, out, loan),
+            None => {
+                queue.complete(loan, 0);
+            }
+        }
+    }
+
+    /// Submits a send of `out`, which `loan` keeps in place until the completion returns it.
+    fn send(&mut self, id: usize, out: Out<'_>, loan: Loan) {
         let fd = Fixed(self.conns[id].slot());
         // MSG_WAITALL: the kernel retries a short send itself instead of completing early.
         let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
@@ -545,6 +573,7 @@ impl Uring {
         };
         let send = send.user_data(self.op(Kind::Send, id).encode());
         self.conns[id].flags |= SEND;
+        self.loans[id] = Some(loan);
         self.push_counted(id, send);
     }
 
@@ -766,6 +795,7 @@ impl Uring {
     fn open(&mut self, id: usize, r: usize, slot: u32) {
         if self.conns.len() <= id {
             self.conns.resize(id + 1, Conn::default());
+            self.loans.resize_with(id + 1, || None);
         }
         let conn = &mut self.conns[id];
         debug_assert!(!conn.has(LIVE), "the worker reused id {id} before its release");
@@ -784,7 +814,8 @@ impl Uring {
     /// A completion of `op`'s multishot recv, reaped from ring `r` (whose buffers it selects).
     fn on_recv(&mut self, r: usize, op: Op, res: i32, flags: u32, driver: &mut dyn Driver) {
         let more = cqueue::more(flags);
-        let bid = cqueue::buffer_select(flags);
+        // A buffer named by a completion is ours until given back, whatever became of the recv.
+        let bid = cqueue::buffer_select(flags).filter(|&bid| self.rings[r].bufs.take(bid));
         let Some(conn) = self.current(op.id, op.gen) else {
             // Never expected (the id is held until this recv's last completion), but the
             // buffer must go back to the ring regardless.
@@ -802,13 +833,16 @@ impl Uring {
         if res > 0 {
             if let Some(bid) = bid {
                 if deliver {
-                    // SAFETY: the completion hands buffer `bid` to us; it goes back to the ring
+                    // SAFETY: the completion handed buffer `bid` to us (`take`); it goes back
                     // only below, after the driver is done with it.
                     if let Some(data) = unsafe { self.rings[r].bufs.buffer(bid, res as usize) } {
                         driver.on_data(id, data);
                     }
                 }
                 self.rings[r].bufs.give_back(bid);
+                if deliver {
+                    self.write_through(id, driver);
+                }
             }
             if !more {
                 self.rearm_later(id);
@@ -821,6 +855,7 @@ impl Uring {
                 0 => self.hang_up(id, driver),
                 libc::ENOBUFS => {
                     self.stats.enobufs += 1;
+                    self.rings[r].bufs.starve();
                     if !more && !self.conns[id].has(REARM) {
                         self.conns[id].flags |= REARM;
                         self.starved.push_back((op.id, op.gen));
@@ -840,6 +875,29 @@ impl Uring {
         }
     }
 
+    /// Sends what the driver wants sent at once after a read (see `Driver::write_through`),
+    /// submitting once [`WRITE_THROUGH_SUBMIT`] bytes are waiting: the kernel copies them
+    /// while they are in the cache, instead of at the next wait, after every other completion
+    /// of the batch was handled.
+    fn write_through(&mut self, id: usize, driver: &mut dyn Driver) {
+        let Some(queue) = driver.write_through(id) else { return };
+        let len = queue.len();
+        Backend::flush(self, id, queue);
+        if !self.conns[id].has(SEND) {
+            return;
+        }
+        self.written_through += len;
+        if self.written_through >= WRITE_THROUGH_SUBMIT {
+            self.written_through = 0;
+            // The connection's ring: its sends are there.
+            let r = self.conns[id].ring();
+            self.drain_backlog(r);
+            if self.rings[r].ring.submit().is_ok() {
+                self.metrics.uring_enters.inc();
+            }
+        }
+    }
+
     fn on_send(&mut self, op: Op, res: i32, driver: &mut dyn Driver) {
         let Some(conn) = self.current(op.id, op.gen) else {
             self.stats.stale += 1;
@@ -855,27 +913,22 @@ impl Uring {
             // The kernel took these bytes, whatever becomes of the queue.
             self.bytes_sent += res as u64;
         }
+        let loan = self.loans[id].take();
         let mut done = false;
-        if let Some(queue) = driver.queue(id) {
-            if failed {
+        if let (Some(queue), Some(loan)) = (driver.queue(id), loan) {
+            let all = queue.complete(loan, if failed { 0 } else { res as usize });
+            if failed || (!all && conn.has(TEARDOWN)) {
                 // Nothing more will go out: drop what is in flight and queued, so the queue is
                 // neither stuck busy nor kept for a flush that would fail again.
                 queue.discard();
                 done = true;
-            } else if !queue.complete(res as usize) {
-                if conn.has(TEARDOWN) {
-                    queue.discard();
-                    done = true;
-                } else if let Some(rest) = queue.in_flight() {
-                    self.send(id, rest);
-                }
+            } else if !all {
+                self.start_send(id, queue);
             } else {
                 done = true;
-                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) && queue.begin() {
+                if conn.has(CLOSING) && !conn.has(TEARDOWN | SHUT) {
                     // Bytes queued while this send was in flight must leave before the FIN.
-                    if let Some(out) = queue.in_flight() {
-                        self.send(id, out);
-                    }
+                    self.start_send(id, queue);
                 }
             }
         }
@@ -889,9 +942,12 @@ impl Uring {
         self.op_done(id);
     }
 
-    /// After a batch: re-arm the recvs that ended, and as many ENOBUFS ones as the ring has
-    /// buffers (all of them: each went back right after its `on_data`).
+    /// After a batch: refill the buffer ring (which grows it after ENOBUFS), re-arm the recvs
+    /// that ended, and as many ENOBUFS ones as the ring has buffers.
     fn rearm_recvs(&mut self) {
+        for ring in &mut self.rings {
+            ring.bufs.refill();
+        }
         let mut rearm = std::mem::take(&mut self.rearm);
         for (id, gen) in rearm.drain(..) {
             if let Some(conn) = self.current(id, gen) {
@@ -902,13 +958,10 @@ impl Uring {
             }
         }
         self.rearm = rearm;
-        if self.starved.is_empty() {
-            return;
-        }
         // Each ring's recvs select from that ring's buffers: as many re-arms per ring as it has.
         let mut budget = std::mem::take(&mut self.budget);
         budget.clear();
-        budget.extend(self.rings.iter().map(|r| r.bufs.count()));
+        budget.extend(self.rings.iter().map(|r| r.bufs.in_ring()));
         for _ in 0..self.starved.len() {
             let Some((id, gen)) = self.starved.pop_front() else { break };
             if let Some(conn) = self.current(id, gen) {
@@ -1002,11 +1055,7 @@ impl Backend for Uring {
         if conn.has(SEND | TEARDOWN | SHUT) {
             return;
         }
-        if queue.begin() {
-            if let Some(out) = queue.in_flight() {
-                self.send(id, out);
-            }
-        }
+        self.start_send(id, queue);
     }
 
     fn set_reading(&mut self, id: usize, reading: bool) {
