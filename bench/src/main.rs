@@ -847,6 +847,15 @@ fn idle(conns: usize, backend: BackendArg, deflate: Option<DeflateArg>) -> io::R
         }
     }
     let ramp = started.elapsed();
+    if conns == 0 {
+        // Only the fixed cost: what a worker holds with no client (buffers, pools, tables).
+        println!(
+            "backend {}: server RSS {:.1} MiB at start (after {warm} warm-up connection(s), none held)",
+            backend.flag(),
+            base as f64 / 1048576.0
+        );
+        return Ok(());
+    }
     std::thread::sleep(Duration::from_secs(1));
     let full_rss = rss()?;
     let per_conn = (full_rss.saturating_sub(base)) as f64 / conns as f64;
