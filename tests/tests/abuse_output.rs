@@ -251,13 +251,18 @@ each_backend! {
         let mut after = rss();
         // The server gives memory back once it has been quiet for 3 s, at most every 10 s in a
         // process (and the other backend's run of this test may just have done so).
+        // On io_uring the receive ring may also still hold grown chunks: it retires them after
+        // 5 quiet seconds, but the buffers of theirs lent to the kernel come back only with
+        // traffic, and none comes here (at most its ceiling: 8 chunks of 256 x 32 KiB).
+        let ring: u64 = if backend == Backend::IoUring { 64 << 20 } else { 0 };
+        let allowed = connected + (16 << 20) + ring;
         let deadline = Instant::now() + Duration::from_secs(15);
-        while after > connected + (16 << 20) && Instant::now() < deadline {
+        while after > allowed && Instant::now() < deadline {
             sleep(Duration::from_millis(100));
             after = rss();
         }
         eprintln!("{backend:?}: RSS {:.0} MiB after the crowd left", mib(after));
-        assert!(after <= connected + (16 << 20), "RSS stayed at {:.0} MiB", mib(after));
+        assert!(after <= allowed, "RSS stayed at {:.0} MiB", mib(after));
     }
 }
 

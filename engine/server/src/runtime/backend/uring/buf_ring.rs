@@ -16,10 +16,11 @@
 //! **Growth.** A recv that finds the ring empty ends with ENOBUFS (the backend re-arms it); the
 //! next refill doubles the target, and once the target is every buffer allocated, allocates
 //! another chunk of as many buffers as the first, up to [`MAX_CHUNKS`] chunks. **Shrinking.**
-//! Every [`WINDOW`] the target halves (down to [`MIN_TARGET`]) if no wait in the window took
-//! more than a quarter of it, and the newest chunk is retired if the busiest wait fits in half
-//! of the chunks left: its spare buffers leave the stack, the ones in the ring or in
-//! use leave as they come back, and its memory is freed when the last one is back.
+//! After a [`WINDOW`] with no starvation the target halves (down to [`MIN_TARGET`]) until the
+//! busiest wait of the window took more than a quarter of it, and the newest chunks are retired
+//! while the busiest wait fits in half of the chunks left: their spare buffers leave the stack,
+//! the ones in the ring or in use leave as they come back, and each chunk's memory is freed when
+//! its last buffer is back.
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -39,7 +40,7 @@ pub(super) const MAX_CHUNKS: usize = 8;
 /// The fewest buffers kept in the ring: one wait's recvs on a few busy connections.
 pub(super) const MIN_TARGET: u16 = 16;
 /// How long usage must stay low before the target halves or a chunk is retired.
-pub(super) const WINDOW: Duration = Duration::from_secs(10);
+pub(super) const WINDOW: Duration = Duration::from_secs(5);
 
 /// Where a buffer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,18 +348,26 @@ impl BufRing {
     /// A window without starvation: halve the target if no wait took a quarter of it, retire
     /// the newest chunk if the busiest wait (and the target) fit in half of the others.
     fn shrink(&mut self) {
-        if u32::from(self.peak) * 4 <= u32::from(self.target) {
+        // All the way in one window: after a spike, memory comes back one window after the
+        // load ended, not one window per halving or per chunk.
+        while u32::from(self.peak) * 4 <= u32::from(self.target) && self.target > MIN_TARGET {
             self.target = (self.target / 2).max(MIN_TARGET.min(self.per_chunk));
         }
+        while self.retire_newest() {}
+    }
+
+    /// Retires the newest live chunk (never the first) if the busiest wait fits in half of the
+    /// chunks left; `false` if it does not.
+    fn retire_newest(&mut self) -> bool {
         let Some(k) = self.chunks.iter().rposition(|c| c.as_ref().is_some_and(|c| !c.retiring))
         else {
-            return;
+            return false;
         };
         let left = self.live_buffers() - self.per_chunk;
         if k == 0 || u32::from(self.peak.max(self.target)) * 2 > u32::from(left) {
-            return;
+            return false;
         }
-        let Some(chunk) = self.chunks[k].as_mut() else { return };
+        let Some(chunk) = self.chunks[k].as_mut() else { return false };
         chunk.retiring = true;
         let out = chunk.out;
         let range = k * self.per_chunk as usize..(k + 1) * self.per_chunk as usize;
@@ -374,6 +383,7 @@ impl BufRing {
         if out == 0 {
             self.free_chunk(k);
         }
+        true
     }
 
     /// Whether a window may shrink something (else `refill` need not read the clock).
