@@ -1020,11 +1020,15 @@ impl Backend for Uring {
                 if overflow && round > 0 {
                     self.stats.cq_overflow += 1;
                 }
-                if (round > 0 || r > 0) && self.rings[r].needs_enter() {
+                // Only with several rings: one ring's leftover work is run by the next poll's
+                // enter, which the loop makes at once when there is work, so entering it again
+                // per round would only add system calls to every busy iteration.
+                let reenter = several && (round > 0 || r > 0);
+                if reenter && self.rings[r].needs_enter() {
                     self.enter(r, Duration::ZERO)?;
                 }
                 self.reap(r);
-                more |= !self.cqes.is_empty() || self.rings[r].needs_enter();
+                more |= !self.cqes.is_empty() || (several && self.rings[r].needs_enter());
                 let batch = std::mem::take(&mut self.cqes);
                 for cqe in &batch {
                     self.dispatch(r, cqe, driver);
