@@ -141,6 +141,13 @@ each_backend! {
         });
         // 120 x 48 KiB: more than the 4 MiB a node holds for the bus while disconnected.
         publish(120, 48 << 10);
+        // The publishing node must have handled them all before the bus is back (it reads a
+        // publisher no faster than it delivers), or its backlog never overflows. Each of its local
+        // subscribers counts each publish.
+        let local = subs.iter().filter(|(_, node)| *node == 0).count() as u64 * (50 + 120);
+        wait_until(WAIT, "the publishing node to handle every publish", || {
+            cluster.nodes[0].stats()["delivered"] >= local
+        });
         cluster.bus.restart();
         wait_until(WAIT, "every node to reconnect", || {
             cluster.nodes.iter().all(|n| n.stats()["bus_connected"] == 1)
