@@ -183,6 +183,7 @@ impl BufRing {
     }
 
     /// Buffers in the ring as far as we know (see `in_ring`).
+    #[cfg(test)]
     pub(super) fn in_ring(&self) -> u16 {
         self.in_ring
     }

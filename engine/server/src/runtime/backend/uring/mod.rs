@@ -945,9 +945,11 @@ impl Uring {
     /// After a batch: refill the buffer ring (which grows it after ENOBUFS), re-arm the recvs
     /// that ended, and as many ENOBUFS ones as the ring has buffers.
     fn rearm_recvs(&mut self) {
-        for ring in &mut self.rings {
-            ring.bufs.refill();
-        }
+        // Each ring's recvs select from that ring's buffers: refilled, each ring takes as many
+        // starved re-arms as it now lends buffers.
+        let mut budget = std::mem::take(&mut self.budget);
+        budget.clear();
+        budget.extend(self.rings.iter_mut().map(|r| r.bufs.refill()));
         let mut rearm = std::mem::take(&mut self.rearm);
         for (id, gen) in rearm.drain(..) {
             if let Some(conn) = self.current(id, gen) {
@@ -958,10 +960,6 @@ impl Uring {
             }
         }
         self.rearm = rearm;
-        // Each ring's recvs select from that ring's buffers: as many re-arms per ring as it has.
-        let mut budget = std::mem::take(&mut self.budget);
-        budget.clear();
-        budget.extend(self.rings.iter().map(|r| r.bufs.in_ring()));
         for _ in 0..self.starved.len() {
             let Some((id, gen)) = self.starved.pop_front() else { break };
             if let Some(conn) = self.current(id, gen) {
