@@ -62,6 +62,45 @@ pub(crate) struct Local {
     pub now: u32,
     /// permessage-deflate: compressors, the memory budget, what connections hold.
     pub deflate: WorkerDeflate,
+    /// The receive buffer of the read being handled, which replies to its connection may
+    /// borrow from.
+    pub rx: Rx,
+}
+
+/// The receive buffer of the read being handled (`Driver::on_data`): a large payload that lies
+/// in it and is sent back on the same connection is queued by reference, not copied
+/// ([`SendQueue::push_borrowed`](super::queue::SendQueue::push_borrowed)). The backend writes
+/// it through right after the read, from where it arrived, and the worker settles the queue
+/// before the read's handling ends (copying what the socket did not take), unless the backend
+/// keeps the buffer for a send that still reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rx {
+    slot: usize,
+    start: usize,
+    end: usize,
+    /// Something was queued by reference.
+    pub used: bool,
+}
+
+impl Rx {
+    /// No read is being handled.
+    pub const NONE: Rx = Rx { slot: usize::MAX, start: 0, end: 0, used: false };
+
+    /// `data`, read from connection `slot`.
+    pub fn over(slot: usize, data: &[u8]) -> Rx {
+        let start = data.as_ptr() as usize;
+        Rx { slot, start, end: start + data.len(), used: false }
+    }
+
+    /// Whether `payload`, sent to `slot`, may be queued by reference: large enough to be
+    /// written through, and inside this read's buffer.
+    fn lends(&self, slot: usize, payload: &[u8]) -> bool {
+        let at = payload.as_ptr() as usize;
+        slot == self.slot
+            && payload.len() >= super::worker::WRITE_THROUGH_MIN
+            && at >= self.start
+            && at + payload.len() <= self.end
+    }
 }
 
 /// A worker's counters (see `Stats`).
@@ -171,6 +210,16 @@ impl Local {
         // the per-message path pays one add.
         self.counts.messages_out += 1;
         match frame {
+            Frame::Parts(header, payload)
+                if self.rx.lends(slot, payload) && io.queue.in_flight().is_none() =>
+            {
+                self.rx.used = true;
+                // SAFETY: the payload lies in the receive buffer of the read being handled,
+                // which the backend keeps unchanged until the worker settles this queue at the
+                // end of that read (`Driver::on_data`), or for as long as a send it started
+                // then still reads it.
+                unsafe { io.queue.push_borrowed(&mut self.pool, header, payload) };
+            }
             Frame::Parts(header, payload) => io.queue.push_frame(&mut self.pool, header, payload),
             Frame::Shared(bytes) => io.queue.push_published(&mut self.pool, bytes),
         }

@@ -20,6 +20,14 @@
 //! a loan out leaks them rather than free memory the kernel may still read (a completion
 //! backend stores the loan with its operation, as tokio-uring keeps a buffer in its op).
 //!
+//! A third kind is **borrowed**: a payload still in the backend's receive buffer, queued by
+//! reference while the read that brought it is being handled (an echo of a large message),
+//! so that when the backend sends it right after that read, the payload goes from the receive
+//! buffer to the socket with no copy in between. Borrowed bytes never outlive the read on
+//! their own: [`SendQueue::settle`] copies whatever of them the socket did not take, unless a
+//! send holds them, in which case the backend keeps the receive buffer until that send is
+//! over ([`SendQueue::borrows_in_flight`]).
+//!
 //! Each queue knows the heap it holds ([`SendQueue::footprint`]), which the worker counts
 //! against its output budget (see `budget`).
 //!
@@ -82,6 +90,21 @@ enum Part {
     Own { start: usize, end: usize },
     /// A frame shared with other connections.
     Shared(Bytes),
+    /// Bytes of a buffer the queue does not own (see [`SendQueue::push_borrowed`]).
+    Borrowed { ptr: *const u8, len: usize },
+}
+
+impl Part {
+    /// The bytes of a part other than an owned range.
+    fn foreign(&self) -> Option<&[u8]> {
+        match self {
+            Part::Own { .. } => None,
+            Part::Shared(b) => Some(b),
+            // SAFETY: a borrowed part exists only while its bytes are valid and unchanged
+            // (the contract of `push_borrowed`, kept by `settle`).
+            Part::Borrowed { ptr, len } => Some(unsafe { std::slice::from_raw_parts(*ptr, *len) }),
+        }
+    }
 }
 
 /// The queue proper, boxed so that its address (which the `msghdr` and iovecs handed to the
@@ -115,6 +138,9 @@ struct Queue {
     /// Bytes of shared frames held by reference, pending and in flight.
     shared: usize,
     fly_shared: usize,
+    /// Borrowed parts, pending and in flight.
+    borrowed: u32,
+    fly_borrowed: u32,
     /// A send was still in flight when the worker last looked: the peer's socket buffer is
     /// full (see `budget`).
     stalled: bool,
@@ -123,8 +149,10 @@ struct Queue {
 }
 
 // SAFETY: the raw pointers in `iov` and `msg` point only into this queue's own heap buffers
-// (`fly_buf`, the `Bytes` in `fly_parts`, `iov`); moving the queue to another thread moves
-// their owner with them.
+// (`fly_buf`, the `Bytes` in `fly_parts`, `iov`), or into a borrowed receive buffer, which
+// exists only within the worker thread's handling of one read (or, held by a send, until that
+// send completes on the same thread); moving the queue to another thread moves their owner
+// with them.
 unsafe impl Send for Queue {}
 
 impl std::fmt::Debug for Queue {
@@ -159,6 +187,8 @@ impl Queue {
             pending_frames: 0,
             shared: 0,
             fly_shared: 0,
+            borrowed: 0,
+            fly_borrowed: 0,
             stalled: false,
             charged: 0,
         }
@@ -173,6 +203,7 @@ impl Queue {
         self.fly_len = 0;
         self.fly_sent = 0;
         self.fly_shared = 0;
+        self.fly_borrowed = 0;
         self.busy = false;
     }
 
@@ -271,6 +302,8 @@ impl Pool {
         q.pending_frames = 0;
         q.shared = 0;
         q.fly_shared = 0;
+        q.borrowed = 0;
+        q.fly_borrowed = 0;
         q.stalled = false;
         q.charged = 0;
         self.spare.push(q);
@@ -362,6 +395,74 @@ impl SendQueue {
         q.parts.push(Part::Shared(frame));
     }
 
+    /// Queues a frame whose payload stays where it is: `header` is copied, `payload` is queued
+    /// by reference.
+    ///
+    /// # Safety
+    ///
+    /// `payload` must stay valid and unchanged until [`SendQueue::settle`] is called, and, if
+    /// `settle` then returns `true`, until [`SendQueue::borrows_in_flight`] is `false`.
+    pub unsafe fn push_borrowed(&mut self, pool: &mut Pool, header: &[u8], payload: &[u8]) {
+        let q = self.q(pool);
+        q.buf.extend_from_slice(header);
+        q.cover();
+        q.parts.push(Part::Borrowed { ptr: payload.as_ptr(), len: payload.len() });
+        q.borrowed += 1;
+        q.pending += header.len() + payload.len();
+        q.pending_frames += 1;
+    }
+
+    /// The borrowed bytes are about to go: copies those pending into the queue's own buffer,
+    /// and those in flight too if no send holds them. Returns `true` when a send holds
+    /// borrowed bytes: their buffer must then stay as it is until `borrows_in_flight` is
+    /// `false` (the send completed, and any rest of it was copied by a later `settle`).
+    pub fn settle(&mut self) -> bool {
+        let Some(q) = self.q.as_deref_mut() else { return false };
+        if q.borrowed > 0 {
+            q.cover();
+            for i in 0..q.parts.len() {
+                if let Part::Borrowed { .. } = q.parts[i] {
+                    let start = q.buf.len();
+                    let bytes = q.parts[i].foreign().unwrap_or_default();
+                    q.buf.extend_from_slice(bytes);
+                    q.parts[i] = Part::Own { start, end: q.buf.len() };
+                }
+            }
+            q.covered = q.buf.len();
+            q.borrowed = 0;
+        }
+        if q.fly_borrowed == 0 {
+            return false;
+        }
+        if q.lent {
+            return true;
+        }
+        // A short send left borrowed bytes unsent and nothing holds them: the unsent rest of
+        // the flight becomes one owned buffer.
+        let mut rest = Vec::with_capacity(q.fly_len - q.fly_sent);
+        for v in &q.iov[q.iov_pos..] {
+            // SAFETY: each iovec describes unsent bytes of a part of the flight, all valid
+            // (borrowed ones included: this is the settle their contract waits for).
+            rest.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len)
+            });
+        }
+        q.fly_parts.clear();
+        q.iov.clear();
+        q.iov_pos = 0;
+        q.fly_len = rest.len();
+        q.fly_sent = 0;
+        q.fly_shared = 0;
+        q.fly_borrowed = 0;
+        q.fly_buf = rest;
+        false
+    }
+
+    /// Whether bytes in flight still read from a borrowed buffer (see [`SendQueue::settle`]).
+    pub fn borrows_in_flight(&self) -> bool {
+        self.q.as_ref().is_some_and(|q| q.fly_borrowed > 0)
+    }
+
     /// Queues a frame shared with other connections: small ones (up to [`COPY_SHARED_MAX`])
     /// are copied into the owned buffer, larger ones queued by reference. For a small frame the
     /// copy costs less than the reference: no atomic increment now and decrement after the
@@ -384,9 +485,13 @@ impl SendQueue {
             return 0;
         }
         for part in &q.parts {
-            match part {
-                Part::Own { start, end } => f(&q.buf[*start..*end]),
-                Part::Shared(b) => f(b),
+            match part.foreign() {
+                None => {
+                    if let Part::Own { start, end } = part {
+                        f(&q.buf[*start..*end]);
+                    }
+                }
+                Some(bytes) => f(bytes),
             }
         }
         if q.buf.len() > q.covered {
@@ -397,6 +502,7 @@ impl SendQueue {
         q.parts.clear();
         q.covered = 0;
         q.pending = 0;
+        q.borrowed = 0;
         taken
     }
 
@@ -427,6 +533,8 @@ impl SendQueue {
         q.pending_frames = 0;
         q.fly_shared = q.shared;
         q.shared = 0;
+        q.fly_borrowed = q.borrowed;
+        q.borrowed = 0;
         q.busy = true;
         q.lent = true;
         q.iov.clear();
@@ -436,9 +544,12 @@ impl SendQueue {
                 q.fly_parts.push(Part::Own { start: q.covered, end: q.fly_buf.len() });
             }
             for part in &q.fly_parts {
-                let (base, len) = match part {
-                    Part::Own { start, end } => (q.fly_buf[*start..].as_ptr(), end - start),
-                    Part::Shared(b) => (b.as_ptr(), b.len()),
+                let (base, len) = match (part, part.foreign()) {
+                    (Part::Own { start, end }, _) => (q.fly_buf[*start..].as_ptr(), end - start),
+                    (_, bytes) => {
+                        let bytes = bytes.unwrap_or_default();
+                        (bytes.as_ptr(), bytes.len())
+                    }
                 };
                 q.iov.push(libc::iovec { iov_base: base as *mut libc::c_void, iov_len: len });
             }
@@ -519,6 +630,7 @@ impl SendQueue {
             q.pending = 0;
             q.pending_frames = 0;
             q.shared = 0;
+            q.borrowed = 0;
             q.stage = None;
             if !q.lent {
                 q.clear_flight();
@@ -538,6 +650,7 @@ impl SendQueue {
         q.pending = 0;
         q.pending_frames = 0;
         q.shared = 0;
+        q.borrowed = 0;
         q.stage = None;
         frames
     }

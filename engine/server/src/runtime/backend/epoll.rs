@@ -212,14 +212,10 @@ impl Epoll {
                     // edge (epoll reports every arrival), so the read that would only say
                     // EAGAIN is saved. Not when the FIN is already in: nothing would report it.
                     conn.readable = false;
-                    driver.on_data(id, &mut self.buf[..n]);
-                    self.write_through(id, driver);
+                    self.deliver(id, n, driver);
                     return;
                 }
-                Ok(n) => {
-                    driver.on_data(id, &mut self.buf[..n]);
-                    self.write_through(id, driver);
-                }
+                Ok(n) => self.deliver(id, n, driver),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
                     return;
@@ -237,15 +233,20 @@ impl Epoll {
         }
     }
 
-    /// Writes what the driver wants sent at once after a read (see `Driver::write_through`).
-    fn write_through(&mut self, id: usize, driver: &mut dyn Driver) {
-        let waiting = self.conns.get(id).and_then(Option::as_ref).is_none_or(|c| c.unsent);
-        if waiting {
-            return;
-        }
-        if let Some(queue) = driver.write_through(id) {
-            self.write(id, queue);
-        }
+    /// Hands the first `n` bytes of the receive buffer to the driver, writing at once what it
+    /// wants written through (unless earlier bytes wait for the socket).
+    fn deliver(&mut self, id: usize, n: usize, driver: &mut dyn Driver) {
+        // Taken out for the call, so the driver's write-through can borrow the backend.
+        let mut buf = std::mem::take(&mut self.buf);
+        let held = driver.on_data(id, &mut buf[..n], &mut |id, queue| {
+            let waiting = self.conns.get(id).and_then(Option::as_ref).is_none_or(|c| c.unsent);
+            if !waiting {
+                self.write(id, queue);
+            }
+        });
+        // Each write's loan ends within the call, so the driver settled every borrowed byte.
+        assert!(!held, "epoll lent a receive buffer beyond a write");
+        self.buf = buf;
     }
 
     fn hang_up(&mut self, id: usize, driver: &mut dyn Driver) {

@@ -34,20 +34,29 @@ pub trait Driver {
     /// then closes the socket).
     fn on_accept(&mut self, peer: Option<std::net::SocketAddr>) -> Option<usize>;
     /// Bytes arrived on `id`. The buffer is the backend's (a provided buffer, the shared receive
-    /// buffer); the driver may modify it in place (unmasking) but not keep it.
-    fn on_data(&mut self, id: usize, data: &mut [u8]);
+    /// buffer); the driver may modify it in place (unmasking).
+    ///
+    /// `send` starts sending a connection's queue at once, as [`Backend::flush`] would: the
+    /// driver calls it for the replies this data caused when they should leave now, while they
+    /// are in the cache (write-through), rather than with the corked flush at the end of the
+    /// loop iteration. Those replies may borrow from `data` (a large echo is queued by
+    /// reference, see [`SendQueue::push_borrowed`]), and the driver settles them before it
+    /// returns ([`SendQueue::settle`]) except what a send started through `send` still holds:
+    /// then it returns `true`, and the backend must keep `data` unchanged and unused until the
+    /// queue of `id` no longer [borrows in flight](SendQueue::borrows_in_flight), calling
+    /// `settle` on that queue after each of its send completions. A backend whose sends are
+    /// over when `send` returns never sees `true`.
+    fn on_data(
+        &mut self,
+        id: usize,
+        data: &mut [u8],
+        send: &mut dyn FnMut(usize, &mut SendQueue),
+    ) -> bool;
     /// The peer is gone (EOF or an error): no more data will arrive on `id`. Called at most once.
     fn on_hangup(&mut self, id: usize);
     /// The send queue of `id`, for the backend to take bytes from and to report sends into.
     /// `None` when the id is unknown (a completion arriving for a connection being released).
     fn queue(&mut self, id: usize) -> Option<&mut SendQueue>;
-    /// Called right after [`Driver::on_data`]: the queue of `id` when the driver wants what
-    /// that data made it queue (its replies) sent now, while the bytes are still in the cache,
-    /// rather than with the corked flush at the end of the loop iteration. The backend starts
-    /// sending it as [`Backend::flush`] would. `None` (the default) waits for the flush.
-    fn write_through(&mut self, _id: usize) -> Option<&mut SendQueue> {
-        None
-    }
     /// A send on `id` completed and its queue has room again (the worker may flush more, call
     /// `on_drain`, resume reading).
     fn on_sent(&mut self, id: usize);

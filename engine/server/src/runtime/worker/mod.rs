@@ -52,7 +52,7 @@ use super::backend::{Backend, Driver, SendQueue};
 use super::budget::Budget;
 use super::conn::{flag, Conn, Phase};
 use super::deflate::{self, WorkerDeflate};
-use super::handle::{Counts, Local, WebSocket};
+use super::handle::{Counts, Local, Rx, WebSocket};
 use super::pubsub::{Publication, Topics};
 use super::queue::Pool;
 use super::tls::Layer;
@@ -65,9 +65,10 @@ const SWEEP_MS: u64 = 250;
 /// Replies at least this large leave right after the read that caused them (write-through),
 /// not with the corked flush at the end of the iteration: by then a busy iteration has pushed
 /// them out of the cache, and the kernel's copy into the socket reads them from memory
-/// (measured: see `Driver::write_through` in docs/architecture.md). Smaller ones stay corked,
-/// where one send carries everything an iteration queued.
-const WRITE_THROUGH_MIN: usize = 4096;
+/// (measured: see "Write-through" in docs/architecture.md). Smaller ones stay corked, where
+/// one send carries everything an iteration queued. A reply's payload this large that lies in
+/// the receive buffer is not even copied into the queue (see `handle::Rx`).
+pub(crate) const WRITE_THROUGH_MIN: usize = 4096;
 
 /// The worker's state that backends call into.
 pub(crate) struct Core<H: Handler> {
@@ -179,6 +180,7 @@ impl<H: Handler> Core<H> {
                 now_ms: 0,
                 now: 0,
                 deflate,
+                rx: Rx::NONE,
             },
             handshake,
             proto,
@@ -316,13 +318,29 @@ impl<H: Handler> Driver for Core<H> {
         Some(id)
     }
 
-    fn on_data(&mut self, id: usize, data: &mut [u8]) {
+    fn on_data(
+        &mut self,
+        id: usize,
+        data: &mut [u8],
+        send: &mut dyn FnMut(usize, &mut SendQueue),
+    ) -> bool {
         self.local.counts.bytes_in += data.len() as u64;
         if self.tls.as_mut().is_some_and(|tls| tls.conn(id).is_some()) {
+            // Plaintext is sealed into records in the flush: nothing is written through.
             self.on_tls_data(id, data);
-        } else {
-            self.on_plain(id, data);
+            return false;
         }
+        // Replies to `id` may borrow from `data` until it is settled below.
+        self.local.rx = Rx::over(id, data);
+        self.on_plain(id, data);
+        let borrowed = std::mem::replace(&mut self.local.rx, Rx::NONE).used;
+        let Some(conn) = self.conns.get_mut(id) else { return false };
+        let queue = &mut conn.io.queue;
+        // Only a queue with nothing in flight: one waiting on the peer waits for the flush.
+        if queue.len() >= WRITE_THROUGH_MIN && queue.in_flight().is_none() {
+            send(id, queue);
+        }
+        borrowed && queue.settle()
     }
 
     fn on_hangup(&mut self, id: usize) {
@@ -345,16 +363,6 @@ impl<H: Handler> Driver for Core<H> {
             return Some(&mut conn.out);
         }
         self.conns.get_mut(id).map(|c| &mut c.io.queue)
-    }
-
-    fn write_through(&mut self, id: usize) -> Option<&mut SendQueue> {
-        if self.tls.as_mut().is_some_and(|tls| tls.conn(id).is_some()) {
-            // Plaintext is sealed into records in the flush.
-            return None;
-        }
-        let queue = &mut self.conns.get_mut(id)?.io.queue;
-        // Only a queue with nothing in flight: one waiting on the peer waits for the flush.
-        (queue.len() >= WRITE_THROUGH_MIN && queue.in_flight().is_none()).then_some(queue)
     }
 
     fn on_sent(&mut self, id: usize) {

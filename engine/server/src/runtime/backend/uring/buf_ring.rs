@@ -188,6 +188,12 @@ impl BufRing {
         self.in_ring
     }
 
+    /// Buffers named by a completion and not given back.
+    #[cfg(test)]
+    pub(super) fn ours(&self) -> usize {
+        self.hand.iter().filter(|&&h| h == Hand::Ours).count()
+    }
+
     /// Bytes of buffers allocated (retiring chunks included).
     pub(super) fn allocated(&self) -> usize {
         self.chunks.iter().flatten().count() * self.per_chunk as usize * self.size
@@ -213,18 +219,21 @@ impl BufRing {
         }
     }
 
-    /// The first `len` bytes of buffer `bid`; `None` if it is not ours or too short.
+    /// The first `len` bytes of buffer `bid`; `None` if it is not ours or too short. The
+    /// slice is not tied to the ring: it stays valid while the buffer is ours, until
+    /// [`BufRing::give_back`] (a chunk is unmapped only once all its buffers are back).
     ///
     /// # Safety
     ///
-    /// No other borrow of buffer `bid` may be alive.
-    pub(super) unsafe fn buffer(&mut self, bid: u16, len: usize) -> Option<&mut [u8]> {
+    /// No other borrow of buffer `bid` may be alive, and the slice must not be used after the
+    /// buffer is given back.
+    pub(super) unsafe fn buffer<'a>(&self, bid: u16, len: usize) -> Option<&'a mut [u8]> {
         if len > self.size || self.hand.get(bid as usize) != Some(&Hand::Ours) {
             return None;
         }
         let base = self.address(bid)?;
         // SAFETY: the buffer is ours (taken from the kernel, not given back), `len` fits in it,
-        // and the caller guarantees nothing else borrows it.
+        // and the caller guarantees nothing else borrows it for as long as it uses the slice.
         Some(unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), len) })
     }
 

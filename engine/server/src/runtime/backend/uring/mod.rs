@@ -109,6 +109,8 @@ const CLOSED: u16 = 1 << 10;
 /// A send failed: nothing more can go out (an EOF alone does not stop sending: a half-closed
 /// peer still gets what is queued, its close echo for one).
 const BROKEN: u16 = 1 << 11;
+/// A receive buffer is kept for its send (see `held`).
+const HELD: u16 = 1 << 12;
 
 /// One connection's state: 12 bytes per id.
 #[derive(Debug, Clone, Copy, Default)]
@@ -185,6 +187,10 @@ pub struct Uring {
     /// Per id: the loan of its send in flight (while `SEND`), returned to the queue with the
     /// send's completion. Kept beside `conns`, one byte per id.
     loans: Vec<Option<Loan>>,
+    /// Per id with `HELD`: the receive buffer (of the connection's ring) its send in flight
+    /// reads from, an echo sent straight from where it arrived. Given back once the send
+    /// completed and the queue settled.
+    held: std::collections::HashMap<u32, u16>,
     /// Set TCP_NODELAY (and SO_LINGER for hard closes) through the socket uring_cmd; turned off
     /// at the first completion saying the kernel cannot.
     sockopt_cmd: bool,
@@ -283,6 +289,7 @@ impl Uring {
             files_per_ring: files_per_ring.max(1),
             settings: settings.clone(),
             loans: Vec::new(),
+            held: std::collections::HashMap::new(),
             sockopt_cmd,
             cqes: Vec::with_capacity(256),
             rearm: Vec::new(),
@@ -593,6 +600,14 @@ impl Uring {
         }
         if conn.has(CLOSED) {
             let r = conn.ring();
+            if conn.has(HELD) {
+                // No operation is left, so no send reads the buffer (`on_send` gives it back
+                // first; this is a safety net).
+                if let Some(bid) = self.held.remove(&(id as u32)) {
+                    self.rings[r].bufs.give_back(bid);
+                }
+            }
+            let conn = &mut self.conns[id];
             *conn = Conn { gen: conn.gen.wrapping_add(1) & GEN_MASK, ..Conn::default() };
             self.released.push(id);
             self.room_freed(r);
@@ -830,16 +845,24 @@ impl Uring {
         let id = op.id as usize;
         if res > 0 {
             if let Some(bid) = bid {
+                let mut hold = false;
                 if deliver {
                     // SAFETY: the completion handed buffer `bid` to us (`take`); it goes back
-                    // only below, after the driver is done with it.
+                    // only below, after the driver is done with it, or once the send that
+                    // holds it is over (`held`). Nothing else refers to it: the driver's
+                    // write-through only reads it through the send queue.
                     if let Some(data) = unsafe { self.rings[r].bufs.buffer(bid, res as usize) } {
-                        driver.on_data(id, data);
+                        hold = driver.on_data(id, data, &mut |id, queue| {
+                            // Prepared now, submitted with the next wait (see the module
+                            // notes).
+                            Backend::flush(self, id, queue);
+                        });
                     }
                 }
-                self.rings[r].bufs.give_back(bid);
-                if deliver {
-                    self.write_through(id, driver);
+                if hold {
+                    self.hold(id, bid);
+                } else {
+                    self.rings[r].bufs.give_back(bid);
                 }
             }
             if !more {
@@ -873,12 +896,32 @@ impl Uring {
         }
     }
 
-    /// Starts sending what the driver wants sent at once after a read (see
-    /// `Driver::write_through`): the send is prepared while the reply is in the cache, and
-    /// submitted with the next wait.
-    fn write_through(&mut self, id: usize, driver: &mut dyn Driver) {
-        if let Some(queue) = driver.write_through(id) {
-            Backend::flush(self, id, queue);
+    /// Keeps receive buffer `bid` of `id`'s ring for the send that reads from it.
+    fn hold(&mut self, id: usize, bid: u16) {
+        self.conns[id].flags |= HELD;
+        if let Some(old) = self.held.insert(id as u32, bid) {
+            // Never expected: a queue borrows only with nothing in flight. The older buffer
+            // may still be read by the kernel, so it is leaked, not given back.
+            debug_assert!(false, "a second receive buffer held by one connection");
+            tracing::warn!(buffer = old, "a receive buffer was leaked");
+        }
+    }
+
+    /// Gives back the receive buffer `id` held for its send, if any, once no send reads it.
+    fn unhold(&mut self, id: usize, queue: Option<&mut SendQueue>) {
+        if !self.conns[id].has(HELD) {
+            return;
+        }
+        if let Some(queue) = queue {
+            if queue.settle() {
+                return;
+            }
+            debug_assert!(!queue.borrows_in_flight());
+        }
+        self.conns[id].flags &= !HELD;
+        if let Some(bid) = self.held.remove(&(id as u32)) {
+            let r = self.conns[id].ring();
+            self.rings[r].bufs.give_back(bid);
         }
     }
 
@@ -916,6 +959,9 @@ impl Uring {
                 }
             }
         }
+        // A held receive buffer goes back once no send reads from it (after a short send the
+        // rest may be in flight again, or settled into the queue).
+        self.unhold(id, driver.queue(id));
         if failed && res != -libc::ECANCELED {
             self.hang_up(id, driver);
         }

@@ -42,8 +42,14 @@ impl Driver for Recorder {
         self.events.push(format!("accept {}", self.next - 1));
         Some(self.next - 1)
     }
-    fn on_data(&mut self, _id: usize, data: &mut [u8]) {
+    fn on_data(
+        &mut self,
+        _id: usize,
+        data: &mut [u8],
+        _send: &mut dyn FnMut(usize, &mut SendQueue),
+    ) -> bool {
         self.data.extend_from_slice(data);
+        false
     }
     fn on_hangup(&mut self, id: usize) {
         self.events.push(format!("hangup {id}"));
@@ -474,6 +480,12 @@ struct Echoer {
     hung_up: Vec<usize>,
     released: usize,
     received: usize,
+    /// Echo from the receive buffer itself when nothing is in flight, sent at once (the
+    /// worker's write-through of a borrowed echo); otherwise copied and flushed after the poll.
+    borrow: bool,
+    /// Reads echoed by reference, and how many of them a send still held after the read.
+    borrowed: usize,
+    held: usize,
 }
 
 impl Driver for Echoer {
@@ -481,10 +493,29 @@ impl Driver for Echoer {
         self.queues.push(SendQueue::default());
         Some(self.queues.len() - 1)
     }
-    fn on_data(&mut self, id: usize, data: &mut [u8]) {
+    fn on_data(
+        &mut self,
+        id: usize,
+        data: &mut [u8],
+        send: &mut dyn FnMut(usize, &mut SendQueue),
+    ) -> bool {
         self.received += data.len();
-        self.queues[id].push(&mut self.pool, data);
-        self.dirty.push(id);
+        let queue = &mut self.queues[id];
+        if !self.borrow || queue.in_flight().is_some() {
+            queue.push(&mut self.pool, data);
+            self.dirty.push(id);
+            return false;
+        }
+        // SAFETY: settled below, before returning; what a send still holds, the backend keeps.
+        unsafe { queue.push_borrowed(&mut self.pool, &[], data) };
+        send(id, queue);
+        self.borrowed += 1;
+        let held = queue.settle();
+        self.held += usize::from(held);
+        if !queue.is_empty() {
+            self.dirty.push(id);
+        }
+        held
     }
     fn on_hangup(&mut self, id: usize) {
         self.hung_up.push(id);
@@ -527,6 +558,45 @@ fn echo_round(ring: &mut Uring, echo: &mut Echoer, clients: &mut [TcpStream], ro
         client.read_exact(&mut got).unwrap();
         assert_eq!(got, line.as_bytes());
     }
+}
+
+#[test]
+fn an_echo_sent_from_its_receive_buffer_keeps_the_buffer_until_the_send_is_over() {
+    if let Err(why) = crate::runtime::probe_uring(&Settings::default()) {
+        eprintln!("SKIPPED: io_uring unavailable: {why}");
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut ring = Uring::new(listener, Waker::new().unwrap(), &small()).unwrap();
+    let mut echo = Echoer { borrow: true, ..Echoer::default() };
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    // 4 MiB through 4 KiB receive buffers, written and read by two threads: the echo's sends
+    // wait on the client's window, holding their receive buffers, while more arrives.
+    const TOTAL: usize = 4 << 20;
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i * 31 % 253) as u8).collect();
+    let mut writer = client.try_clone().unwrap();
+    let sent = data.clone();
+    let writing = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    let mut reader = client.try_clone().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut got = vec![0; TOTAL];
+        reader.read_exact(&mut got).map(|_| got)
+    });
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while echo.received < TOTAL || echo.queues.iter().any(|q| !q.is_empty()) {
+        assert!(Instant::now() < deadline, "echo stalled: {ring:?}");
+        poll_echo(&mut ring, &mut echo, Duration::from_millis(10));
+    }
+    writing.join().unwrap();
+    let got = reading.join().unwrap().unwrap();
+    assert!(got == data, "the echo, byte for byte");
+    assert!(echo.borrowed > 0 && echo.held > 0, "{} borrowed, {} held", echo.borrowed, echo.held);
+    assert!(ring.held.is_empty(), "every held buffer is back");
+    assert!(ring.conns.iter().all(|c| !c.has(super::HELD)));
+    assert!(ring.rings.iter().all(|r| r.bufs.ours() == 0), "no buffer left out of the ring");
 }
 
 #[test]
