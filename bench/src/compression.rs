@@ -5,8 +5,9 @@
 //! server CPU per delivery at a fixed publish rate and at saturation, payload and wire bytes per
 //! delivery (the compression ratio), and server RSS per connection.
 //!
-//! With `--uws PATH`, a uWebSockets build of the same protocol (`bench/peers/uws`, built by
-//! `bench/peers/uws/build.sh`) runs too, with its SHARED_COMPRESSOR, twice: publishing with
+//! With `--uws-src` (uWebSockets' sources, built into `uws-broadcast` by
+//! `bench/peers/uws/build.sh`) or `--uws PATH` (a prebuilt one), a uWebSockets build of the
+//! same protocol runs too, with its SHARED_COMPRESSOR, twice: publishing with
 //! `App::publish(.., compress = true)` (compressed per subscriber) and with
 //! `Loop::prepareMessage` + `App::publishPrepared` (compressed once per publish).
 
@@ -31,8 +32,9 @@ pub struct Options {
     pub server_cpus: String,
     pub load_cpus: String,
     pub load_threads: usize,
-    /// A uWebSockets pub/sub server binary to compare with (SHARED_COMPRESSOR).
-    pub uws: Option<PathBuf>,
+    /// A uWebSockets pub/sub server binary to compare with (SHARED_COMPRESSOR), or why there
+    /// is none.
+    pub uws: Result<PathBuf, String>,
     pub doc: PathBuf,
 }
 
@@ -69,7 +71,7 @@ fn contenders(bins: &Path, o: &Options) -> Vec<Contender> {
         .to_vec(),
     };
     let mut all = vec![ringside("off"), ringside("shared"), ringside("dedicated")];
-    if let Some(uws) = &o.uws {
+    if let Ok(uws) = &o.uws {
         all.push(Contender {
             name: "uWebSockets SHARED_COMPRESSOR, publish".into(),
             bin: uws.clone(),
@@ -185,6 +187,9 @@ pub fn main(o: Options, command: &str) -> io::Result<()> {
         o.subscribers + 1,
     );
     let _ = writeln!(md, "```sh\n{command}\n```\n");
+    if let Err(why) = &o.uws {
+        let _ = writeln!(md, "uWebSockets is not in this run: {why}.\n");
+    }
     let _ = writeln!(
         md,
         "| server | deliveries/s (fixed) | server CPU µs / delivery (fixed) | p50 / p99 latency \

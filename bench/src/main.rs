@@ -212,10 +212,13 @@ enum Cmd {
         /// Publishes in flight at saturation.
         #[arg(long, default_value_t = 16)]
         window: u64,
-        /// A uWebSockets pub/sub server with SHARED_COMPRESSOR to compare with (built by
-        /// bench/peers/uws/build.sh).
-        #[arg(long)]
+        /// A prebuilt uWebSockets pub/sub server with SHARED_COMPRESSOR
+        /// (bench/peers/uws/build.sh SOURCES broadcast), instead of building one from
+        /// --uws-src.
+        #[arg(long, conflicts_with_all = ["uws_src", "no_uws"])]
         uws: Option<PathBuf>,
+        #[command(flatten)]
+        uws_src: UwsSrc,
         #[command(flatten)]
         cpus: Cpus,
         #[command(flatten)]
@@ -640,8 +643,12 @@ fn main() {
                 &command_line(),
             )
         }),
-        Cmd::Compression { subscribers, symbols, rate, secs, window, uws, cpus, out } => {
+        Cmd::Compression { subscribers, symbols, rate, secs, window, uws, uws_src, cpus, out } => {
             prepare(&out).and_then(|()| {
+                let uws = match uws {
+                    Some(bin) => Ok(bin),
+                    None => uws_src.prepare(uws::Peer::Broadcast),
+                };
                 compression::main(
                     compression::Options {
                         subscribers,

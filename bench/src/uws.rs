@@ -1,5 +1,5 @@
 //! The uWebSockets peers (`bench/peers/uws`: `uws-echo` for `compare`, `uws-broadcast-plain`
-//! for `fanout`), built from uWebSockets' sources with the system C++ compiler by
+//! for `fanout`, `uws-broadcast` for `compression`), built from uWebSockets' sources with the system C++ compiler by
 //! `bench/peers/uws/build.sh`, into `uws/` beside the release binaries. A build is reused while
 //! it is newer than the sources, the peers' C++ files and the build script.
 //!
@@ -21,6 +21,8 @@ pub enum Peer {
     Echo,
     /// `uws-broadcast-plain`: the broadcast protocol on uWS pub/sub, no compression.
     BroadcastPlain,
+    /// `uws-broadcast`: the same with SHARED_COMPRESSOR (needs zlib's headers).
+    Broadcast,
 }
 
 impl Peer {
@@ -28,6 +30,7 @@ impl Peer {
         match self {
             Peer::Echo => "echo",
             Peer::BroadcastPlain => "broadcast-plain",
+            Peer::Broadcast => "broadcast",
         }
     }
 
@@ -35,13 +38,14 @@ impl Peer {
         match self {
             Peer::Echo => "uws-echo",
             Peer::BroadcastPlain => "uws-broadcast-plain",
+            Peer::Broadcast => "uws-broadcast",
         }
     }
 
     fn source(self) -> &'static str {
         match self {
             Peer::Echo => "echo.cpp",
-            Peer::BroadcastPlain => "broadcast.cpp",
+            Peer::BroadcastPlain | Peer::Broadcast => "broadcast.cpp",
         }
     }
 }
@@ -78,6 +82,9 @@ pub fn prepare(src: Option<&Path>, peer: Peer) -> Result<PathBuf, String> {
         return Ok(bin);
     }
     ensure_compiler()?;
+    if peer == Peer::Broadcast {
+        ensure_zlib()?;
+    }
     eprintln!("building {} from {}", bin.display(), src.display());
     let mut cmd = Command::new("sh");
     cmd.arg(&script).arg(&src).arg(peer.target()).env("OUT", &out);
@@ -111,6 +118,32 @@ fn ensure_compiler() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("gcc/g++ missing: installing g++ with apt-get");
+    apt_install("g++")?;
+    if have("gcc") && have("g++") {
+        Ok(())
+    } else {
+        Err("apt-get installed g++ but gcc or g++ still does not run".into())
+    }
+}
+
+/// zlib's headers (Debian's `zlib1g-dev`), for the peer with compression; installed with
+/// apt-get when missing.
+fn ensure_zlib() -> Result<(), String> {
+    let header = Path::new("/usr/include/zlib.h");
+    if header.exists() {
+        return Ok(());
+    }
+    eprintln!("zlib.h missing: installing zlib1g-dev with apt-get");
+    apt_install("zlib1g-dev")?;
+    if header.exists() {
+        Ok(())
+    } else {
+        Err("apt-get installed zlib1g-dev but /usr/include/zlib.h is still missing".into())
+    }
+}
+
+/// `apt-get install -y PACKAGE` (after an update), bounded like every step.
+fn apt_install(package: &str) -> Result<(), String> {
     // Other processes may be installing their own packages: wait for apt's lock.
     let lock = ["-o", "DPkg::Lock::Timeout=300"];
     step(Command::new("apt-get").args(lock).arg("update"))
@@ -118,15 +151,10 @@ fn ensure_compiler() -> Result<(), String> {
     step(
         Command::new("apt-get")
             .args(lock)
-            .args(["install", "-y", "--no-install-recommends", "g++"])
+            .args(["install", "-y", "--no-install-recommends", package])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .map_err(|e| format!("apt-get install g++ failed: {e}"))?;
-    if have("gcc") && have("g++") {
-        Ok(())
-    } else {
-        Err("apt-get installed g++ but gcc or g++ still does not run".into())
-    }
+    .map_err(|e| format!("apt-get install {package} failed: {e}"))
 }
 
 /// Runs `cmd` bounded by [`STEP_LIMIT`]; the error carries the end of its output.

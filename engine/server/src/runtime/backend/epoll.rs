@@ -238,7 +238,7 @@ impl Epoll {
     fn deliver(&mut self, id: usize, n: usize, driver: &mut dyn Driver) {
         // Taken out for the call, so the driver's write-through can borrow the backend.
         let mut buf = std::mem::take(&mut self.buf);
-        let held = driver.on_data(id, &mut buf[..n], &mut |id, queue| {
+        let held = driver.on_data(id, &mut buf[..n], true, &mut |id, queue| {
             let waiting = self.conns.get(id).and_then(Option::as_ref).is_none_or(|c| c.unsent);
             if !waiting {
                 self.write(id, queue);

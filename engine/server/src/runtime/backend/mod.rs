@@ -45,11 +45,13 @@ pub trait Driver {
     /// then it returns `true`, and the backend must keep `data` unchanged and unused until the
     /// queue of `id` no longer [borrows in flight](SendQueue::borrows_in_flight), calling
     /// `settle` on that queue after each of its send completions. A backend whose sends are
-    /// over when `send` returns never sees `true`.
+    /// over when `send` returns never sees `true`; one that cannot keep more buffers passes
+    /// `lend: false`, and nothing borrows from `data`.
     fn on_data(
         &mut self,
         id: usize,
         data: &mut [u8],
+        lend: bool,
         send: &mut dyn FnMut(usize, &mut SendQueue),
     ) -> bool;
     /// The peer is gone (EOF or an error): no more data will arrive on `id`. Called at most once.

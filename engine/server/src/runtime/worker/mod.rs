@@ -322,6 +322,7 @@ impl<H: Handler> Driver for Core<H> {
         &mut self,
         id: usize,
         data: &mut [u8],
+        lend: bool,
         send: &mut dyn FnMut(usize, &mut SendQueue),
     ) -> bool {
         self.local.counts.bytes_in += data.len() as u64;
@@ -331,7 +332,9 @@ impl<H: Handler> Driver for Core<H> {
             return false;
         }
         // Replies to `id` may borrow from `data` until it is settled below.
-        self.local.rx = Rx::over(id, data);
+        if lend {
+            self.local.rx = Rx::over(id, data);
+        }
         self.on_plain(id, data);
         let borrowed = std::mem::replace(&mut self.local.rx, Rx::NONE).used;
         let Some(conn) = self.conns.get_mut(id) else { return false };

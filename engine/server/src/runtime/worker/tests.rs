@@ -133,7 +133,7 @@ impl Backend for Fake {
                 }
                 Ev::Data(id, mut bytes) => {
                     if self.reading.get(&id).copied().unwrap_or(true) {
-                        let held = driver.on_data(id, &mut bytes, &mut |id, queue| {
+                        let held = driver.on_data(id, &mut bytes, true, &mut |id, queue| {
                             self.written_through.push((id, queue.len()));
                             self.flush(id, queue);
                         });

@@ -18,15 +18,16 @@
 //! ring is set up when every table is full, until the tables hold the connection cap; while none
 //! can take one, accepts wait for a close and clients wait in the listen queue.
 //!
-//! A large reply is written through: its send is prepared right after the read that caused
-//! it (see `write_through`) and submitted with the next wait, never in the middle of a batch
-//! of completions. (Submitting mid-batch was measured to make batches huge: each submit
-//! lets the peers answer, their data piles up as deferred completion work, and the next wait
-//! copied about 200 x 16 KiB messages into receive buffers before the worker touched the
-//! first, all of them cache-cold by then: 21 us of server CPU per 16 KiB echo at 200
-//! connections, against 15 us without.) Each ring's buffer ring lends the kernel only what
-//! recent waits used and grows on ENOBUFS (see `buf_ring.rs`); each send's bytes are held by
-//! its [`Loan`] until its completion.
+//! A large reply is written through: its send is prepared right after the read that caused it (the
+//! `send` callback of `Driver::on_data`), often straight from the provided buffer the read filled
+//! (the buffer is then held until the send completes: see `hold`), and submitted with the next
+//! wait, never in the middle of a batch of completions. (Submitting mid-batch was measured to make
+//! batches huge: each submit lets the peers answer, their data piles up as deferred completion
+//! work, and the next wait copied about 200 x 16 KiB messages into receive buffers before the
+//! worker touched the first, all of them cache-cold by then: 21 us of server CPU per 16 KiB echo at
+//! 200 connections, against 15 us without.) Each ring's buffer ring lends the kernel only what
+//! recent waits used and grows on ENOBUFS (see `buf_ring.rs`); each send's bytes are held by its
+//! [`Loan`] until its completion.
 //!
 //! Every operation's `user_data` names its kind, connection id and the id's generation. Each
 //! connection counts the operations that still owe a final completion. Closing cancels what is
@@ -191,6 +192,10 @@ pub struct Uring {
     /// reads from, an echo sent straight from where it arrived. Given back once the send
     /// completed and the queue settled.
     held: std::collections::HashMap<u32, u16>,
+    /// The most buffers held at once: a quarter of what one ring may grow to. A send held up
+    /// by a peer that does not read keeps its buffer, so without a bound such peers could
+    /// take every receive buffer; past it, replies are copied into their queues as before.
+    max_held: usize,
     /// Set TCP_NODELAY (and SO_LINGER for hard closes) through the socket uring_cmd; turned off
     /// at the first completion saying the kernel cannot.
     sockopt_cmd: bool,
@@ -290,6 +295,7 @@ impl Uring {
             settings: settings.clone(),
             loans: Vec::new(),
             held: std::collections::HashMap::new(),
+            max_held: settings.recv_buffers as usize * buf_ring::MAX_CHUNKS / 4,
             sockopt_cmd,
             cqes: Vec::with_capacity(256),
             rearm: Vec::new(),
@@ -852,7 +858,8 @@ impl Uring {
                     // holds it is over (`held`). Nothing else refers to it: the driver's
                     // write-through only reads it through the send queue.
                     if let Some(data) = unsafe { self.rings[r].bufs.buffer(bid, res as usize) } {
-                        hold = driver.on_data(id, data, &mut |id, queue| {
+                        let lend = self.held.len() < self.max_held;
+                        hold = driver.on_data(id, data, lend, &mut |id, queue| {
                             // Prepared now, submitted with the next wait (see the module
                             // notes).
                             Backend::flush(self, id, queue);

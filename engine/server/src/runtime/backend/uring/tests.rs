@@ -46,6 +46,7 @@ impl Driver for Recorder {
         &mut self,
         _id: usize,
         data: &mut [u8],
+        _lend: bool,
         _send: &mut dyn FnMut(usize, &mut SendQueue),
     ) -> bool {
         self.data.extend_from_slice(data);
@@ -497,11 +498,12 @@ impl Driver for Echoer {
         &mut self,
         id: usize,
         data: &mut [u8],
+        lend: bool,
         send: &mut dyn FnMut(usize, &mut SendQueue),
     ) -> bool {
         self.received += data.len();
         let queue = &mut self.queues[id];
-        if !self.borrow || queue.in_flight().is_some() {
+        if !self.borrow || !lend || queue.in_flight().is_some() {
             queue.push(&mut self.pool, data);
             self.dirty.push(id);
             return false;
@@ -597,6 +599,20 @@ fn an_echo_sent_from_its_receive_buffer_keeps_the_buffer_until_the_send_is_over(
     assert!(ring.held.is_empty(), "every held buffer is back");
     assert!(ring.conns.iter().all(|c| !c.has(super::HELD)));
     assert!(ring.rings.iter().all(|r| r.bufs.ours() == 0), "no buffer left out of the ring");
+
+    // With no room for held buffers, nothing borrows: the echo is copied.
+    ring.max_held = 0;
+    let before = (echo.borrowed, echo.received);
+    let mut c = client.try_clone().unwrap();
+    c.write_all(b"copied").unwrap();
+    while echo.received < before.1 + 6 || echo.queues.iter().any(|q| !q.is_empty()) {
+        assert!(Instant::now() < deadline, "echo stalled: {ring:?}");
+        poll_echo(&mut ring, &mut echo, Duration::from_millis(10));
+    }
+    let mut got = [0; 6];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"copied");
+    assert_eq!(echo.borrowed, before.0, "no read lent once the bound is reached");
 }
 
 #[test]
