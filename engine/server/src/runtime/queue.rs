@@ -95,14 +95,14 @@ enum Part {
 }
 
 impl Part {
-    /// The bytes of a part other than an owned range.
-    fn foreign(&self) -> Option<&[u8]> {
+    /// The part's bytes; `own` is the buffer its owned range is of.
+    fn bytes<'a>(&'a self, own: &'a [u8]) -> &'a [u8] {
         match self {
-            Part::Own { .. } => None,
-            Part::Shared(b) => Some(b),
+            Part::Own { start, end } => &own[*start..*end],
+            Part::Shared(b) => b,
             // SAFETY: a borrowed part exists only while its bytes are valid and unchanged
             // (the contract of `push_borrowed`, kept by `settle`).
-            Part::Borrowed { ptr, len } => Some(unsafe { std::slice::from_raw_parts(*ptr, *len) }),
+            Part::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
     }
 }
@@ -423,7 +423,7 @@ impl SendQueue {
             for i in 0..q.parts.len() {
                 if let Part::Borrowed { .. } = q.parts[i] {
                     let start = q.buf.len();
-                    let bytes = q.parts[i].foreign().unwrap_or_default();
+                    let bytes = q.parts[i].bytes(&[]);
                     q.buf.extend_from_slice(bytes);
                     q.parts[i] = Part::Own { start, end: q.buf.len() };
                 }
@@ -485,14 +485,7 @@ impl SendQueue {
             return 0;
         }
         for part in &q.parts {
-            match part.foreign() {
-                None => {
-                    if let Part::Own { start, end } = part {
-                        f(&q.buf[*start..*end]);
-                    }
-                }
-                Some(bytes) => f(bytes),
-            }
+            f(part.bytes(&q.buf));
         }
         if q.buf.len() > q.covered {
             f(&q.buf[q.covered..]);
@@ -544,13 +537,8 @@ impl SendQueue {
                 q.fly_parts.push(Part::Own { start: q.covered, end: q.fly_buf.len() });
             }
             for part in &q.fly_parts {
-                let (base, len) = match (part, part.foreign()) {
-                    (Part::Own { start, end }, _) => (q.fly_buf[*start..].as_ptr(), end - start),
-                    (_, bytes) => {
-                        let bytes = bytes.unwrap_or_default();
-                        (bytes.as_ptr(), bytes.len())
-                    }
-                };
+                let bytes = part.bytes(&q.fly_buf);
+                let (base, len) = (bytes.as_ptr(), bytes.len());
                 q.iov.push(libc::iovec { iov_base: base as *mut libc::c_void, iov_len: len });
             }
             q.aim();

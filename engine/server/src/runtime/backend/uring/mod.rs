@@ -606,13 +606,9 @@ impl Uring {
         }
         if conn.has(CLOSED) {
             let r = conn.ring();
-            if conn.has(HELD) {
-                // No operation is left, so no send reads the buffer (`on_send` gives it back
-                // first; this is a safety net).
-                if let Some(bid) = self.held.remove(&(id as u32)) {
-                    self.rings[r].bufs.give_back(bid);
-                }
-            }
+            // No operation is left, so no send reads a held buffer (`on_send` gives it back
+            // first; this is a safety net).
+            self.give_back_held(id);
             let conn = &mut self.conns[id];
             *conn = Conn { gen: conn.gen.wrapping_add(1) & GEN_MASK, ..Conn::default() };
             self.released.push(id);
@@ -925,9 +921,18 @@ impl Uring {
             }
             debug_assert!(!queue.borrows_in_flight());
         }
-        self.conns[id].flags &= !HELD;
+        self.give_back_held(id);
+    }
+
+    /// Returns the receive buffer `id` holds, if any, to its ring.
+    fn give_back_held(&mut self, id: usize) {
+        let conn = &mut self.conns[id];
+        if !conn.has(HELD) {
+            return;
+        }
+        conn.flags &= !HELD;
+        let r = conn.ring();
         if let Some(bid) = self.held.remove(&(id as u32)) {
-            let r = self.conns[id].ring();
             self.rings[r].bufs.give_back(bid);
         }
     }
