@@ -230,6 +230,68 @@ fn render(r: &Value, o: &Options, workers: usize, command: &str, alive: bool) ->
     for (k, v) in rows {
         let _ = writeln!(md, "| {k} | {v} |");
     }
+    md.push('\n');
+    md.push_str(&verdict(r, o));
+    md
+}
+
+/// The ramp the scale target asks for, connections per second.
+const RAMP_TARGET: f64 = 20_000.0;
+/// The echo p99 the scale target asks for, microseconds.
+const P99_TARGET_US: f64 = 5_000.0;
+
+/// "Against the target": every connection held without an error, the ramp at or above
+/// [`RAMP_TARGET`], and the open-loop echo p99 at or under [`P99_TARGET_US`]; the closed loop's
+/// latency is set against the floor Little's law puts under it.
+fn verdict(r: &Value, o: &Options) -> String {
+    let mark = |ok: bool| if ok { "met" } else { "**not met**" };
+    let held = num(r, "held");
+    let errs = errors(r);
+    let ramp = num(r, "ramp_rate");
+    let open_p99 = num(r, "open_latency_us.p99");
+    let closed_rate = num(r, "sample_latency_us.count") / o.sample_secs;
+    // One message in flight per sampled connection: the mean round trip is the sample over the
+    // echo rate, whatever the server does.
+    let floor_ms = o.sample as f64 / closed_rate.max(1.0) * 1e3;
+    let mut md = String::from(
+        "Against the target:
+
+",
+    );
+    let _ = writeln!(
+        md,
+        "- {} connections held with {errs} errors: {}",
+        held,
+        mark(held >= o.conns as f64 && errs == 0)
+    );
+    let _ = writeln!(
+        md,
+        "- ramp {ramp:.0} connections/s (target at least {RAMP_TARGET:.0}): {}",
+        mark(ramp >= RAMP_TARGET)
+    );
+    if o.open_rate > 0.0 {
+        let _ = writeln!(
+            md,
+            "- echo p99 with {} of them active ({} messages/s each, open loop) {:.2} ms (target \
+             at most {:.0} ms): {}",
+            o.sample,
+            o.open_rate,
+            open_p99 / 1e3,
+            P99_TARGET_US / 1e3,
+            mark(open_p99 <= P99_TARGET_US && num(r, "open_received") > 0.0)
+        );
+    } else {
+        md.push_str("- open-loop echo p99: not run (--open-rate 0)\n");
+    }
+    let _ = writeln!(
+        md,
+        "- closed loop (a throughput measure): p99 {:.1} ms; with one message in flight on each \
+         of {} connections at {closed_rate:.0} echoes/s the mean round trip cannot be under \
+         {floor_ms:.1} ms (Little's law), p50 {:.1} ms",
+        num(r, "sample_latency_us.p99") / 1e3,
+        o.sample,
+        num(r, "sample_latency_us.p50") / 1e3
+    );
     md
 }
 
@@ -251,7 +313,51 @@ fn cpus_in(list: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::cpus_in;
+    use super::{cpus_in, verdict, Options};
+
+    fn options() -> Options {
+        Options {
+            conns: 200_000,
+            workers: 0,
+            source_addrs: 10,
+            procs: None,
+            ramp_rate: 25_000.0,
+            sample: 1000,
+            open_rate: 10.0,
+            hold_secs: 5.0,
+            sample_secs: 5.0,
+            server_cpus: "0".into(),
+            load_cpus: "1".into(),
+            load_threads: 1,
+            doc: "/dev/null".into(),
+            label: "test".into(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_marks_each_target_from_the_report() {
+        let good = serde_json::json!({
+            "held": 200000, "errors": {"refused": 0, "timeout": 0}, "ramp_rate": 24000.0,
+            "open_received": 50000, "open_latency_us": {"p99": 2700.0},
+            "sample_latency_us": {"count": 500000, "p50": 9800.0, "p99": 22000.0},
+        });
+        let v = verdict(&good, &options());
+        assert_eq!(v.matches("**not met**").count(), 0, "{v}");
+        assert_eq!(v.matches(": met").count(), 3, "{v}");
+        // 1,000 in flight at 100,000 echoes/s: a mean round trip of at least 10 ms.
+        assert!(v.contains("cannot be under 10.0 ms"), "{v}");
+
+        let bad = serde_json::json!({
+            "held": 199990, "errors": {"refused": 0, "timeout": 10}, "ramp_rate": 19900.0,
+            "open_received": 50000, "open_latency_us": {"p99": 5001.0},
+            "sample_latency_us": {"count": 500000, "p50": 9800.0, "p99": 22000.0},
+        });
+        let v = verdict(&bad, &options());
+        assert_eq!(v.matches("**not met**").count(), 3, "{v}");
+        // Nothing measured is not a pass.
+        let v = verdict(&serde_json::json!({}), &options());
+        assert_eq!(v.matches("**not met**").count(), 3, "{v}");
+    }
 
     #[test]
     fn counts_the_cpus_of_a_taskset_list() {
