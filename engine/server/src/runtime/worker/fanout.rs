@@ -50,7 +50,7 @@ impl<H: Handler> Core<H> {
     pub(super) fn start_turn(&mut self) {
         self.turn_work = 0;
         self.clock_check = CLOCK_EVERY;
-        self.turn_started = std::time::Instant::now();
+        self.turn_started = None;
     }
 
     /// Whether this iteration has done its share of fan-out (see [`WORK_PER_TURN`]).
@@ -64,9 +64,12 @@ impl<H: Handler> Core<H> {
         if self.turn_work >= WORK_PER_TURN {
             return true;
         }
+        // The iteration's fan-out starts at its first look here: the wait for events before it
+        // is not fan-out time, and an iteration with no fan-out reads no clock for it.
+        let started = *self.turn_started.get_or_insert_with(std::time::Instant::now);
         if self.turn_work >= self.clock_check {
             self.clock_check = self.turn_work + CLOCK_EVERY;
-            if self.turn_started.elapsed() >= FANOUT_TIME {
+            if started.elapsed() >= FANOUT_TIME {
                 self.turn_work = WORK_PER_TURN;
                 return true;
             }
@@ -221,7 +224,7 @@ impl<H: Handler> Core<H> {
 
     /// Delivers waiting publishes, oldest first, while this iteration's work allows.
     pub(super) fn drain_deferred(&mut self) {
-        while !self.turn_full() {
+        while !self.deferred.is_empty() && !self.turn_full() {
             let Some((p, here)) = self.deferred.pop_front() else { return };
             if here {
                 self.deliver_everywhere(&p);

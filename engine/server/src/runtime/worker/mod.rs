@@ -92,10 +92,13 @@ pub(crate) struct Core<H: Handler> {
     /// also for the other workers).
     deferred: VecDeque<(Publication, bool)>,
     /// Deliveries made this iteration (see `fanout::WORK_PER_TURN`), when the clock is next
-    /// looked at, and when the iteration started.
+    /// looked at, and when the iteration's fan-out started (read at its first delivery, so
+    /// an iteration without fan-out reads no clock for it).
     turn_work: usize,
     clock_check: usize,
-    turn_started: Instant,
+    turn_started: Option<Instant>,
+    /// When the last iteration ended: the clock the next one starts at (one read for both).
+    turn_ended: Instant,
     /// Commands were left in the inbox at the last iteration.
     inbox_left: bool,
     /// The output budget was swept between commands this iteration.
@@ -192,7 +195,8 @@ impl<H: Handler> Core<H> {
             deferred: VecDeque::new(),
             turn_work: 0,
             clock_check: 0,
-            turn_started: Instant::now(),
+            turn_started: None,
+            turn_ended: Instant::now(),
             inbox_left: false,
             swept: false,
             throttled: Vec::new(),
@@ -431,8 +435,11 @@ pub(crate) fn run<H: Handler, B: Backend>(
     inbox: &Receiver<Command>,
 ) -> io::Result<()> {
     let started = Instant::now();
+    core.turn_ended = started;
     let result = loop {
-        core.set_now(started.elapsed().as_millis() as u64);
+        // The clock the last iteration ended at: the loop reads it twice per iteration (after
+        // the wait and at the end), not more.
+        core.set_now(core.turn_ended.saturating_duration_since(started).as_millis() as u64);
         match turn(core, backend, inbox) {
             Ok(false) => {}
             Ok(true) => break Ok(()),
@@ -475,7 +482,8 @@ pub(crate) fn turn<H: Handler, B: Backend>(
         core.sweep();
         core.give_back_memory();
     }
-    core.local.metrics.loop_iteration.observe(busy.elapsed());
+    core.turn_ended = Instant::now();
+    core.local.metrics.loop_iteration.observe(core.turn_ended.saturating_duration_since(busy));
     if core.local.shared.is_shutting_down() {
         return core.shutdown_step(backend);
     }
@@ -509,10 +517,13 @@ fn flush<H: Handler, B: Backend>(core: &mut Core<H>, backend: &mut B) {
     core.flushing = dirty;
     let mut bulk = std::mem::take(&mut core.bulk);
     bulk.append(&mut core.local.bulk);
-    let started = Instant::now();
+    // The clock is read only when there is bulk output (most iterations have none).
+    let started = (!bulk.is_empty()).then(Instant::now);
     let mut done = 0;
     while done < bulk.len() {
-        if done % BULK_CLOCK_EVERY == BULK_CLOCK_EVERY - 1 && started.elapsed() > BULK_FLUSH_TIME {
+        if done % BULK_CLOCK_EVERY == BULK_CLOCK_EVERY - 1
+            && started.is_some_and(|t| t.elapsed() > BULK_FLUSH_TIME)
+        {
             break;
         }
         let id = bulk[done];
