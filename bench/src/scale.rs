@@ -253,11 +253,7 @@ fn verdict(r: &Value, o: &Options) -> String {
     // One message in flight per sampled connection: the mean round trip is the sample over the
     // echo rate, whatever the server does.
     let floor_ms = o.sample as f64 / closed_rate.max(1.0) * 1e3;
-    let mut md = String::from(
-        "Against the target:
-
-",
-    );
+    let mut md = String::from("Against the target:\n\n");
     let _ = writeln!(
         md,
         "- {} connections held with {errs} errors: {}",
