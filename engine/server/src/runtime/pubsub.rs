@@ -134,11 +134,12 @@ fn place_key(conn: usize, topic: u32) -> u64 {
     (conn as u64) << 32 | u64::from(topic)
 }
 
-/// A hasher for the `u64` subscription keys: the murmur3 finaliser, a few multiplications
-/// instead of SipHash's rounds. Keys come from the worker's own slab and topic ids, not
-/// from clients, so flooding resistance buys nothing here.
+/// A hasher for integer keys the worker makes itself (the `u64` subscription keys, the io_uring
+/// backend's connection ids): the murmur3 finaliser, a few multiplications instead of SipHash's
+/// rounds. Keys come from the worker's own slab and topic ids, not from clients, so flooding
+/// resistance buys nothing here.
 #[derive(Debug, Default, Clone, Copy)]
-struct Mix(u64);
+pub(crate) struct Mix(u64);
 
 impl Hasher for Mix {
     fn finish(&self) -> u64 {
@@ -158,6 +159,10 @@ impl Hasher for Mix {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
     }
 }
 

@@ -459,38 +459,43 @@ fn sys_len(n: libc::c_long) -> io::Result<usize> {
     }
 }
 
-/// recv(2) into `buf`.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: recvfrom(2) writes at most `buf.len()` bytes into `buf`, which we borrow
-    // mutably for the call, and no address (null pointers); the fd is open for the call.
+/// recvfrom(2) or sendto(2) of `len` bytes at `ptr` on `fd`, with no address.
+///
+/// # Safety
+///
+/// `ptr` must be valid for `len` bytes (writable for recvfrom) for the call.
+unsafe fn transfer(
+    nr: libc::c_long,
+    fd: RawFd,
+    ptr: libc::c_long,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    // SAFETY: the caller vouches for the buffer; both calls take no address (null pointers).
     sys_len(unsafe {
         libc::syscall(
-            libc::SYS_recvfrom,
+            nr,
             libc::c_long::from(fd),
-            buf.as_mut_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-            0 as libc::c_long,
+            ptr,
+            len as libc::c_long,
+            libc::c_long::from(flags),
             0 as libc::c_long,
             0 as libc::c_long,
         )
     })
 }
 
+/// recv(2) into `buf`.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is borrowed mutably for the call, writable for its length.
+    unsafe { transfer(libc::SYS_recvfrom, fd, buf.as_mut_ptr() as libc::c_long, buf.len(), 0) }
+}
+
 /// send(2) of `bytes`; MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
 fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: sendto(2) reads at most `bytes.len()` bytes from `bytes`, borrowed for the call,
-    // and no address; the fd is open for the call.
-    sys_len(unsafe {
-        libc::syscall(
-            libc::SYS_sendto,
-            libc::c_long::from(fd),
-            bytes.as_ptr() as libc::c_long,
-            bytes.len() as libc::c_long,
-            libc::c_long::from(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT),
-            0 as libc::c_long,
-            0 as libc::c_long,
-        )
-    })
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    // SAFETY: `bytes` is borrowed for the call, readable for its length.
+    unsafe { transfer(libc::SYS_sendto, fd, bytes.as_ptr() as libc::c_long, bytes.len(), flags) }
 }
 
 /// sendmsg(2) of a queue's iovecs; MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.

@@ -47,7 +47,8 @@ mod setup;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::TcpListener;
@@ -66,6 +67,7 @@ use self::setup::TaskRun;
 use super::{Backend, Driver, Loan, Out, SendQueue, Waker};
 use crate::config::Settings;
 use crate::metrics::{BackendKind, WorkerMetricsRef};
+use crate::runtime::pubsub::Mix;
 
 /// The largest completion queue asked for: the kernel's IORING_MAX_CQ_ENTRIES.
 const MAX_CQ_ENTRIES: u32 = 1 << 16;
@@ -191,7 +193,7 @@ pub struct Uring {
     /// Per id with `HELD`: the receive buffer (of the connection's ring) its send in flight
     /// reads from, an echo sent straight from where it arrived. Given back once the send
     /// completed and the queue settled.
-    held: std::collections::HashMap<u32, u16>,
+    held: HashMap<u32, u16, BuildHasherDefault<Mix>>,
     /// The most buffers held at once: a quarter of what one ring may grow to. A send held up
     /// by a peer that does not read keeps its buffer, so without a bound such peers could
     /// take every receive buffer; past it, replies are copied into their queues as before.
@@ -294,7 +296,7 @@ impl Uring {
             files_per_ring: files_per_ring.max(1),
             settings: settings.clone(),
             loans: Vec::new(),
-            held: std::collections::HashMap::new(),
+            held: HashMap::default(),
             max_held: settings.recv_buffers as usize * buf_ring::MAX_CHUNKS / 4,
             sockopt_cmd,
             cqes: Vec::with_capacity(256),

@@ -564,14 +564,7 @@ fn echo_round(ring: &mut Uring, echo: &mut Echoer, clients: &mut [TcpStream], ro
 
 #[test]
 fn an_echo_sent_from_its_receive_buffer_keeps_the_buffer_until_the_send_is_over() {
-    if let Err(why) = crate::runtime::probe_uring(&Settings::default()) {
-        eprintln!("SKIPPED: io_uring unavailable: {why}");
-        return;
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut ring = Uring::new(listener, Waker::new().unwrap(), &small()).unwrap();
+    let Some((mut ring, addr)) = bare_uring() else { return };
     let mut echo = Echoer { borrow: true, ..Echoer::default() };
     let client = TcpStream::connect(addr).unwrap();
     client.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
